@@ -1,0 +1,72 @@
+# One-command entry points. `make run` serves the offline demo model; `make test` runs CI.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+# uv lives outside the venv's site-packages so that `uv pip sync` never uninstalls it.
+UV := $(VENV)/uv/bin/uv
+UV_ENV := UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=$(abspath $(VENV))
+MODEL ?= $(or $(MODEL_ID),demo)
+
+.PHONY: install install-dev run test lint format bench lock demo-model clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(UV): | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check --target $(VENV)/uv "uv==$(UV_VERSION)"
+
+# Runtime install. Skipped when the dev lock (a superset) is already synced and current.
+$(VENV)/.installed: requirements.lock pyproject.toml | $(UV)
+	@if [ -f $(VENV)/.installed-dev ] && [ $(VENV)/.installed-dev -nt requirements.lock ] \
+	    && [ $(VENV)/.installed-dev -nt requirements-dev.lock ]; then \
+	  echo "dev environment already installed"; \
+	else \
+	  $(UV_ENV) PYTHONPATH=$(VENV)/uv $(UV) pip sync --require-hashes requirements.lock && \
+	  $(UV_ENV) PYTHONPATH=$(VENV)/uv $(UV) pip install --no-deps -e . ; \
+	fi
+	@touch $@
+
+$(VENV)/.installed-dev: requirements-dev.lock pyproject.toml | $(UV)
+	$(UV_ENV) PYTHONPATH=$(VENV)/uv $(UV) pip sync --require-hashes requirements-dev.lock
+	$(UV_ENV) PYTHONPATH=$(VENV)/uv $(UV) pip install --no-deps -e .
+	@touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+# Serve the demo model (or MODEL=google/gemma-2-2b make run). Creates .env with a fresh SECRET.
+run: install
+	$(PY) -m neuronpedia_graph.envfile .env .env.example
+	$(PY) -m neuronpedia_graph $(MODEL)
+
+test: install-dev
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+lint: install-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install-dev
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: install-dev
+	$(PY) bench/serialize.py
+
+# Rebuild the committed demo model and transcoders (about a minute on 2 CPU cores).
+demo-model: install
+	$(PY) -m neuronpedia_graph.demo.build
+
+# Regenerate the hashed lock files (they carry no index URL).
+lock: | $(UV)
+	$(UV_ENV) PYTHONPATH=$(VENV)/uv $(UV) pip compile pyproject.toml --universal --generate-hashes \
+	  --python-version 3.11 -o requirements.lock
+	$(UV_ENV) PYTHONPATH=$(VENV)/uv $(UV) pip compile pyproject.toml --extra dev --universal \
+	  --generate-hashes --python-version 3.11 -o requirements-dev.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,321 @@
+"""Build the ReplacementModel the server uses: a preset, any Hub model, a local dir, or the demo.
+
+Hub access is checked up front (one small file per repository) so that an offline machine, a
+missing token or a gated repository fails in seconds with a one-line reason, instead of deep
+inside transformers after minutes of retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from neuronpedia_graph.presets import find_preset
+from neuronpedia_graph.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LEGACY_TRANSCODER_SETS = {
+    "gemma": "mwhanna/gemma-scope-transcoders",
+    "llama": "mntss/transcoder-Llama-3.2-1B",
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model or transcoder set cannot be loaded; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load, resolved from settings without touching the network or the weights."""
+
+    model_id: str
+    model_path: str
+    model_is_local: bool
+    transcoder_ref: str
+    transcoder_is_local: bool
+    scan: str
+    neuronpedia_id: str
+    backend: str
+    source_urls: tuple[str, ...] = ()
+    neuronpedia_source_set: str | None = None
+    accepted_ids: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded replacement model plus the facts every request needs about it."""
+
+    model: Any
+    spec: ModelSpec
+    device: torch.device
+    dtype: torch.dtype
+    n_layers: int
+    d_transcoder: int
+    load_seconds: float
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    def accepts(self, model_id: str) -> bool:
+        return model_id in self.spec.accepted_ids
+
+
+def circuit_tracer_version() -> str:
+    return version("circuit-tracer")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"DEVICE={name} was requested but CUDA is not available here")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """bfloat16 halves GPU memory at no cost in quality; on CPU it is ~2.6x slower, so float32."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _is_local(ref: str) -> bool:
+    return ref.startswith((".", "/", "~")) or Path(ref).expanduser().is_dir()
+
+
+def resolve_spec(settings: Settings) -> ModelSpec:
+    """Map the configured model (and optional transcoder set) to concrete load targets."""
+    from neuronpedia_graph import demo
+
+    requested = settings.model_id
+    preset = find_preset(requested)
+    if preset is not None and preset.model_id == "demo":
+        return ModelSpec(
+            model_id="demo",
+            model_path=str(demo.MODEL_DIR),
+            model_is_local=True,
+            transcoder_ref=settings.transcoder_set or str(demo.TRANSCODER_DIR),
+            transcoder_is_local=True,
+            scan=preset.scan,
+            neuronpedia_id=preset.neuronpedia_id,
+            backend=settings.backend or "nnsight",
+            accepted_ids=frozenset({"demo"}),
+        )
+    if preset is not None:
+        transcoder_ref = settings.transcoder_set or preset.transcoder_set
+        custom_set = settings.transcoder_set is not None
+        return ModelSpec(
+            model_id=preset.model_id,
+            model_path=preset.model_id,
+            model_is_local=False,
+            transcoder_ref=transcoder_ref,
+            transcoder_is_local=_is_local(transcoder_ref),
+            scan=preset.scan if not custom_set else _scan_for(transcoder_ref),
+            neuronpedia_id=preset.neuronpedia_id,
+            backend=settings.backend or preset.backend,
+            source_urls=preset.source_urls if not custom_set else (),
+            neuronpedia_source_set=preset.neuronpedia_source_set if not custom_set else None,
+            accepted_ids=frozenset({preset.model_id, preset.neuronpedia_id, *preset.aliases}),
+        )
+
+    model_is_local = _is_local(requested)
+    model_path = str(Path(requested).expanduser().resolve()) if model_is_local else requested
+    transcoder_ref = settings.transcoder_set
+    if transcoder_ref is None and model_is_local and (Path(model_path) / "transcoders").is_dir():
+        transcoder_ref = str(Path(model_path) / "transcoders")
+    if transcoder_ref is None:
+        raise ModelLoadError(
+            f"No transcoder set is known for model '{requested}': pass --transcoder-set "
+            "(or TRANSCODER_SET) with a Hugging Face repo, an hf:// URI or a local directory "
+            "holding config.yaml. Known presets: google/gemma-2-2b, meta-llama/Llama-3.2-1B, demo"
+        )
+    backend = settings.backend or "nnsight"
+    if model_is_local and backend == "transformerlens":
+        raise ModelLoadError(
+            f"Local model directory '{requested}' needs --backend nnsight: TransformerLens only "
+            "loads official model names"
+        )
+    name = Path(model_path).name if model_is_local else requested
+    return ModelSpec(
+        model_id=requested,
+        model_path=model_path,
+        model_is_local=model_is_local,
+        transcoder_ref=transcoder_ref,
+        transcoder_is_local=_is_local(transcoder_ref),
+        scan=_scan_for(transcoder_ref),
+        neuronpedia_id=name,
+        backend=backend,
+        accepted_ids=frozenset({requested, name, model_path}),
+    )
+
+
+def _scan_for(transcoder_ref: str) -> str:
+    if _is_local(transcoder_ref):
+        config = _read_local_config(Path(transcoder_ref).expanduser())
+        return str(config.get("scan") or Path(transcoder_ref).name)
+    return LEGACY_TRANSCODER_SETS.get(transcoder_ref, transcoder_ref).removeprefix("hf://")
+
+
+def _read_local_config(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        raise ModelLoadError(f"Transcoder directory '{directory}' does not exist")
+    config_path = directory / "config.yaml"
+    if not config_path.is_file():
+        raise ModelLoadError(
+            f"Transcoder directory '{directory}' has no config.yaml (circuit-tracer format: "
+            "model_kind, feature_input_hook, feature_output_hook, scan, transcoders)"
+        )
+    with config_path.open() as fh:
+        config = yaml.safe_load(fh) or {}
+    missing = [
+        k for k in ("model_kind", "feature_input_hook", "feature_output_hook") if k not in config
+    ]
+    if missing:
+        raise ModelLoadError(f"{config_path} is missing {', '.join(missing)}")
+    return config
+
+
+def _token_note() -> str:
+    return "HF_TOKEN is set" if os.environ.get("HF_TOKEN") else "HF_TOKEN is not set"
+
+
+def explain_hub_error(repo_id: str, exc: BaseException) -> str:
+    """One line that says which repository failed, why, and whether a token was available."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    token = _token_note()
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if isinstance(exc, GatedRepoError):
+        return (
+            f"'{repo_id}' is a gated Hugging Face repository and access was refused ({token}): "
+            f"request access at https://huggingface.co/{repo_id} and set HF_TOKEN in .env"
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"'{repo_id}' was not found on the Hugging Face Hub, or it is private ({token})"
+    if isinstance(exc, (OfflineModeIsEnabled, LocalEntryNotFoundError)) and offline:
+        return (
+            f"Cannot download '{repo_id}': Hugging Face Hub offline mode is on (HF_HUB_OFFLINE=1) "
+            f"and it is not in the local cache ({token})"
+        )
+    return (
+        f"Cannot reach the Hugging Face Hub to download '{repo_id}' "
+        f"({type(exc).__name__}; {token}); check the network or pre-download it"
+    )
+
+
+def _hub_probe(repo_id: str, filename: str, subfolder: str | None, revision: str | None) -> None:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(repo_id, filename, subfolder=subfolder, revision=revision)
+    except Exception as exc:
+        raise ModelLoadError(explain_hub_error(repo_id, exc)) from exc
+
+
+def preflight(spec: ModelSpec) -> None:
+    """Fail fast on everything that can be checked without loading weights."""
+    if spec.model_is_local:
+        if not (Path(spec.model_path) / "config.json").is_file():
+            raise ModelLoadError(f"Model directory '{spec.model_path}' has no config.json")
+    else:
+        _hub_probe(spec.model_path, "config.json", None, None)
+    if spec.transcoder_is_local:
+        _read_local_config(Path(spec.transcoder_ref).expanduser())
+        return
+    from circuit_tracer.utils.caching import is_cached
+    from circuit_tracer.utils.hf_utils import HfUri
+
+    if is_cached(spec.transcoder_ref):
+        return
+    uri = HfUri.from_str(LEGACY_TRANSCODER_SETS.get(spec.transcoder_ref, spec.transcoder_ref))
+    _hub_probe(uri.repo_id, "config.yaml", uri.file_path, uri.revision)
+
+
+def _load_local_transcoders(directory: Path, settings: Settings, device, dtype) -> Any:
+    from circuit_tracer.utils.hf_utils import load_transcoders
+
+    config = _read_local_config(directory)
+    paths = config.get("transcoders")
+    if paths is not None:
+        # Relative paths make a transcoder directory relocatable (the demo ships this way).
+        config["transcoders"] = [
+            p if str(p).startswith("hf://") or Path(p).is_absolute() else str(directory / p)
+            for p in paths
+        ]
+        absent = [
+            p for p in config["transcoders"] if not p.startswith("hf://") and not Path(p).is_file()
+        ]
+        if absent:
+            raise ModelLoadError(f"Transcoder file(s) missing: {', '.join(absent)}")
+    config.setdefault("scan", directory.name)
+    return load_transcoders(config, device, dtype, settings.lazy_encoder, settings.lazy_decoder)
+
+
+def load_model(settings: Settings, spec: ModelSpec | None = None) -> LoadedModel:
+    """Load the configured model once; raises ModelLoadError with a one-line reason."""
+    spec = spec or resolve_spec(settings)
+    if settings.hf_token is not None:
+        os.environ.setdefault("HF_TOKEN", settings.hf_token.get_secret_value())
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    preflight(spec)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    started = time.perf_counter()
+
+    from circuit_tracer import ReplacementModel
+    from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
+
+    try:
+        if spec.transcoder_is_local:
+            transcoders = _load_local_transcoders(
+                Path(spec.transcoder_ref).expanduser(), settings, device, dtype
+            )
+        else:
+            transcoders, _ = load_transcoder_from_hub(
+                spec.transcoder_ref,
+                device=device,
+                dtype=dtype,
+                lazy_encoder=settings.lazy_encoder,
+                lazy_decoder=settings.lazy_decoder,
+            )
+        model = ReplacementModel.from_pretrained_and_transcoders(
+            spec.model_path, transcoders, backend=spec.backend, device=device, dtype=dtype
+        )
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        if isinstance(exc, (HfHubHTTPError, LocalEntryNotFoundError, OSError)):
+            raise ModelLoadError(
+                f"Loading '{spec.model_id}' with transcoders '{spec.transcoder_ref}' failed: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                f"({_token_note()})"
+            ) from exc
+        raise
+    return LoadedModel(
+        model=model,
+        spec=spec,
+        device=device,
+        dtype=dtype,
+        n_layers=int(model.cfg.n_layers),
+        d_transcoder=int(transcoders.d_transcoder),
+        load_seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,33 @@
+"""Log lines carry the request id so one graph's story can be followed across threads."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Idempotent: the CLI, gunicorn workers and tests may all call it."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for handler in root.handlers:
+        if getattr(handler, "_npg", False):
+            return
+    handler = logging.StreamHandler(sys.stderr)
+    handler._npg = True  # type: ignore[attr-defined]
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+    )
+    root.addHandler(handler)
+    # Third-party request logging would print full URLs, including presigned query strings.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)

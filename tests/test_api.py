@@ -1,0 +1,285 @@
+"""HTTP contract through Flask's test client: auth, validation, errors, busy, graph output.
+
+Every error test is followed by a request that must succeed, because the old server could be
+left "busy" forever by a validation error.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+
+import jsonschema
+import orjson
+import pytest
+
+PROMPT = "The city of Paris is in"
+
+
+def graph_body(**overrides):
+    body = {
+        "prompt": PROMPT,
+        "model_id": "demo",
+        "slug_identifier": "paris-test",
+        "max_feature_nodes": 200,
+    }
+    body.update(overrides)
+    return body
+
+
+def assert_still_serving(client, auth):
+    res = client.post("/forward-pass", json={"prompt": "1 2 3 4"}, headers=auth)
+    assert res.status_code == 200, res.get_json()
+
+
+# ----------------------------------------------------------------------------- auth
+@pytest.mark.parametrize(
+    "path", ["/generate-graph", "/forward-pass", "/steer", "/parse-chat-prompt"]
+)
+def test_every_post_requires_the_secret(client, path):
+    res = client.post(path, json={})
+    assert res.status_code == 401 and res.get_json()["error"] == "x-secret-key header missing"
+    res = client.post(path, json={}, headers={"x-secret-key": "wrong"})
+    assert res.status_code == 403 and res.get_json()["error"] == "Invalid x-secret-key"
+
+
+def test_get_endpoints_need_no_secret_and_reveal_none(client, auth):
+    for path in ("/health", "/check-busy", "/metrics"):
+        res = client.get(path)
+        assert res.status_code == 200
+        assert auth["x-secret-key"].encode() not in res.data
+    health = client.get("/health").get_json()
+    assert health["model_id"] == "demo" and health["scan"] == "demo" and health["busy"] is False
+    assert health["device"] == "cpu" and health["dtype"] == "float32"
+    assert health["circuit_tracer_version"] == "0.5.0" and health["uptime_seconds"] >= 0
+
+
+# ----------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (graph_body(batch_size=0), 422, "batch_size"),
+        (graph_body(batch_size=2000), 422, "batch_size"),
+        (graph_body(batch_size="48"), 422, "batch_size"),
+        (graph_body(max_n_logits=51), 422, "max_n_logits"),
+        (graph_body(desired_logit_prob=0), 422, "desired_logit_prob"),
+        (graph_body(desired_logit_prob=1.5), 422, "desired_logit_prob"),
+        (graph_body(node_threshold=-0.1), 422, "node_threshold"),
+        (graph_body(edge_threshold=2), 422, "edge_threshold"),
+        (graph_body(max_feature_nodes=0), 422, "max_feature_nodes"),
+        (graph_body(max_feature_nodes=10**6), 422, "max_feature_nodes"),
+        (graph_body(slug_identifier="bad slug!"), 422, "slug_identifier"),
+        (graph_body(slug_identifier="x" * 129), 422, "slug_identifier"),
+        (graph_body(compress="yes"), 422, "compress"),
+        (graph_body(signed_url="ftp://host/x"), 422, "signed_url"),
+        (graph_body(prompt=""), 422, "prompt"),
+        (graph_body(prompt="x" * 10_001), 422, "prompt"),
+        (graph_body(prompt=None), 422, "exactly one of 'prompt' or 'messages'"),
+        (graph_body(messages=[{"role": "user", "content": "hi"}]), 422, "exactly one"),
+        ({k: v for k, v in graph_body().items() if k != "slug_identifier"}, 422, "slug_identifier"),
+        ({k: v for k, v in graph_body().items() if k != "model_id"}, 422, "model_id"),
+        (
+            graph_body(model_id="google/gemma-2-2b"),
+            400,
+            "Model 'google/gemma-2-2b' is not available. Only 'demo' is currently loaded.",
+        ),
+        (graph_body(prompt=" 1" * 80), 400, "Prompt exceeds token limit (81 > 64)"),
+    ],
+)
+def test_graph_request_validation(client, auth, body, status, needle):
+    res = client.post("/generate-graph", json=body, headers=auth)
+    assert res.status_code == status, res.get_json()
+    assert needle in res.get_json()["error"]
+    assert_still_serving(client, auth)
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [(b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"), (b"", "not valid JSON")],
+)
+def test_bad_json(client, auth, data, needle):
+    res = client.post(
+        "/generate-graph", data=data, headers={**auth, "Content-Type": "application/json"}
+    )
+    assert res.status_code == 400 and needle in res.get_json()["error"]
+    assert_still_serving(client, auth)
+
+
+def test_token_limit_message_says_bos_is_counted(client, auth):
+    res = client.post("/forward-pass", json={"prompt": " 1" * 64}, headers=auth)
+    assert res.status_code == 400
+    assert "includes the BOS token" in res.get_json()["error"]
+    assert client.post("/forward-pass", json={"prompt": " 1" * 63}, headers=auth).status_code == 200
+
+
+def test_unknown_routes_and_methods_are_json(client, auth):
+    res = client.get("/nope")
+    assert res.status_code == 404 and res.get_json()["error"] == "Not found"
+    res = client.get("/generate-graph")
+    assert res.status_code == 405 and "error" in res.get_json()
+
+
+def test_oversized_body_is_rejected(client, auth):
+    res = client.post(
+        "/generate-graph",
+        data=b"x" * (2 << 20),
+        headers={**auth, "Content-Type": "application/json"},
+    )
+    assert res.status_code == 413 and "too large" in res.get_json()["error"]
+    assert_still_serving(client, auth)
+
+
+def test_request_id_is_echoed_or_generated(client, auth):
+    res = client.get("/health", headers={"x-request-id": "abc-123"})
+    assert res.headers["X-Request-Id"] == "abc-123"
+    generated = client.get("/health", headers={"x-request-id": "bad id with spaces"})
+    assert generated.headers["X-Request-Id"] not in ("", "bad id with spaces")
+    err = client.post("/forward-pass", json={}, headers={**auth, "x-request-id": "r-1"})
+    assert err.get_json()["request_id"] == "r-1"
+
+
+# ------------------------------------------------------------------------------ busy
+def test_busy_model_gives_503_with_retry_after(client, auth, service):
+    with service.lock.hold():
+        assert client.get("/check-busy").get_json() == {"busy": True}
+        for path, body in (
+            ("/generate-graph", graph_body()),
+            ("/forward-pass", {"prompt": PROMPT}),
+        ):
+            res = client.post(path, json=body, headers=auth)
+            assert res.status_code == 503
+            assert res.get_json()["error"] == "Server busy, please try again later."
+            assert int(res.headers["Retry-After"]) > 0
+    assert client.get("/check-busy").get_json() == {"busy": False}
+    assert_still_serving(client, auth)
+
+
+def test_validation_errors_are_reported_even_while_busy(client, auth, service):
+    with service.lock.hold():
+        res = client.post("/generate-graph", json=graph_body(batch_size=0), headers=auth)
+    assert res.status_code == 422
+
+
+# ---------------------------------------------------------------------------- graphs
+@pytest.fixture(scope="module")
+def paris_graph(app):
+    res = app.test_client().post(
+        "/generate-graph",
+        json=graph_body(user_id="tester"),
+        headers={"x-secret-key": "test-secret-0123456789"},
+    )
+    assert res.status_code == 200, res.get_json()
+    return res
+
+
+def test_graph_document(paris_graph, graph_schema):
+    assert paris_graph.mimetype == "application/json"
+    doc = orjson.loads(paris_graph.data)
+    jsonschema.validate(doc, graph_schema)
+    meta = doc["metadata"]
+    assert meta["slug"] == "paris-test" and meta["scan"] == "demo" and meta["prompt"] == PROMPT
+    assert meta["prompt_tokens"][1:] == ["The", " city", " of", " Paris", " is", " in"]
+    assert meta["info"]["creator_name"] == "tester"
+    assert meta["info"]["generator"]["version"] == "0.5.0"
+    assert meta["generation_settings"] == {
+        "max_n_logits": 10,
+        "desired_logit_prob": 0.95,
+        "batch_size": 48,
+        "max_feature_nodes": 200,
+    }
+    assert meta["pruning_settings"] == {"node_threshold": 0.8, "edge_threshold": 0.98}
+    logits = [n for n in doc["nodes"] if n["feature_type"] == "logit"]
+    top = next(n for n in logits if n["is_target_logit"])
+    assert '" France"' in top["clerp"]
+    assert doc["links"] and all(
+        {"source", "target", "weight"} <= set(link) for link in doc["links"]
+    )
+
+
+def test_graph_server_timing_lists_phases(paris_graph):
+    timing = paris_graph.headers["Server-Timing"]
+    for phase in ("tokenize", "attribute", "prune", "build_json"):
+        assert f"{phase};dur=" in timing
+
+
+def test_graph_honours_accept_encoding_gzip(client, auth):
+    res = client.post(
+        "/generate-graph", json=graph_body(), headers={**auth, "Accept-Encoding": "gzip"}
+    )
+    assert res.status_code == 200 and res.headers["Content-Encoding"] == "gzip"
+    doc = orjson.loads(gzip.decompress(res.data))
+    assert doc["metadata"]["slug"] == "paris-test"
+
+
+def test_graph_from_chat_messages(client, auth):
+    body = graph_body(
+        prompt=None, messages=[{"role": "user", "content": "The city of Paris is in"}]
+    )
+    del body["prompt"]
+    res = client.post("/generate-graph", json=body, headers=auth)
+    assert res.status_code == 200, res.get_json()
+    assert "<start_of_turn>" in orjson.loads(res.data)["metadata"]["prompt"]
+
+
+def test_generic_model_ids_accepted(client, auth):
+    res = client.post(
+        "/forward-pass", json={"prompt": PROMPT, "model_id": "google/gemma-2-2b"}, headers=auth
+    )
+    assert res.status_code == 400 and "not available" in res.get_json()["error"]
+
+
+# ----------------------------------------------------------------------- forward pass
+def test_forward_pass(client, auth):
+    res = client.post("/forward-pass", json={"prompt": PROMPT, "max_n_logits": 3}, headers=auth)
+    assert res.status_code == 200
+    body = res.get_json()
+    assert body["prompt"] == PROMPT
+    assert body["input_tokens"][1:] == ["The", " city", " of", " Paris", " is", " in"]
+    top = body["salient_logits"][0]
+    assert top["token"] == " France" and top["probability"] > 0.9
+    assert 1 <= body["total_salient_tokens"] == len(body["salient_logits"]) <= 3
+    assert body["cumulative_probability"] == pytest.approx(
+        sum(s["probability"] for s in body["salient_logits"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"prompt": PROMPT, "max_n_logits": 0}, "max_n_logits"),
+        ({"prompt": PROMPT, "desired_logit_prob": "high"}, "desired_logit_prob"),
+        ({"prompt": 7}, "prompt"),
+        ({}, "exactly one"),
+    ],
+)
+def test_forward_pass_validation(client, auth, body, needle):
+    res = client.post("/forward-pass", json=body, headers=auth)
+    assert res.status_code == 422 and needle in res.get_json()["error"]
+
+
+def test_metrics_count_requests(client, auth):
+    client.post("/forward-pass", json={"prompt": PROMPT}, headers=auth)
+    text = client.get("/metrics").data.decode()
+    assert 'npg_requests_total{endpoint="/forward-pass",status="200"}' in text
+
+
+def test_concurrent_requests_one_runs_one_is_refused(app, auth):
+    """Threads share one model; the second must be refused, not run concurrently."""
+    results: list[int] = []
+    barrier = threading.Barrier(2)
+
+    def fire():
+        c = app.test_client()
+        barrier.wait()
+        res = c.post(
+            "/generate-graph", json=graph_body(batch_size=1, max_feature_nodes=400), headers=auth
+        )
+        results.append(res.status_code)
+
+    threads = [threading.Thread(target=fire) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(results) == [200, 503]
+    assert_still_serving(app.test_client(), auth)

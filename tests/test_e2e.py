@@ -1,0 +1,186 @@
+"""End to end: the real gunicorn server on the demo model, talking HTTP, uploading to real S3.
+
+These are the paths the web app takes. Each failure case is followed by a successful request,
+and the server log is checked for leaked secrets at the end.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import requests
+
+from tests.conftest import SECRET
+from tests.fault_targets import closed_port_url, flaky_target, hanging_target
+
+AUTH = {"x-secret-key": SECRET}
+PROMPT = "The city of Paris is in"
+
+
+def graph_body(**overrides):
+    body = {
+        "prompt": PROMPT,
+        "model_id": "demo",
+        "slug_identifier": "e2e",
+        "max_feature_nodes": 200,
+    }
+    body.update(overrides)
+    return body
+
+
+def post(live_server, path, body, timeout=120, **kwargs):
+    return requests.post(
+        f"{live_server.base}{path}", json=body, headers=AUTH, timeout=timeout, **kwargs
+    )
+
+
+def comparable(doc: dict) -> dict:
+    """Two runs of the same request differ only in their creation time."""
+    doc["metadata"]["info"].pop("create_time_ms")
+    return doc
+
+
+def assert_serves(live_server):
+    res = post(live_server, "/forward-pass", {"prompt": "1 2 3"})
+    assert res.status_code == 200, res.text
+
+
+@pytest.fixture(scope="module")
+def direct_doc(live_server):
+    res = post(live_server, "/generate-graph", graph_body())
+    assert res.status_code == 200, res.text
+    assert res.headers["Content-Type"].startswith("application/json")
+    assert "attribute;dur=" in res.headers["Server-Timing"]
+    return comparable(orjson.loads(res.content))
+
+
+def test_health_over_http(live_server):
+    res = requests.get(f"{live_server.base}/health", timeout=5)
+    assert res.status_code == 200 and res.json()["model_id"] == "demo"
+    assert requests.get(f"{live_server.base}/check-busy", timeout=5).json() == {"busy": False}
+
+
+def test_auth_over_http(live_server):
+    res = requests.post(f"{live_server.base}/generate-graph", json=graph_body(), timeout=10)
+    assert res.status_code == 401
+    res = requests.post(
+        f"{live_server.base}/generate-graph",
+        json=graph_body(),
+        timeout=10,
+        headers={"x-secret-key": SECRET + "x"},
+    )
+    assert res.status_code == 403
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_upload_to_real_s3_matches_direct_mode(live_server, s3, direct_doc, compress):
+    key = f"graphs/e2e-{int(compress)}.json"
+    url = s3.presign_put(key, content_encoding="gzip" if compress else None)
+    res = post(live_server, "/generate-graph", graph_body(signed_url=url, compress=compress))
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["success"] == "Graph uploaded" and body["compressed"] is compress
+    assert body["url"] == url.split("?")[0] and "Signature" not in res.text
+    stored = s3.client.get_object(Bucket=s3.bucket, Key=key)
+    assert stored["ContentType"] == "application/json"
+    raw = stored["Body"].read()
+    assert len(raw) == body["bytes"]
+    if compress:
+        assert stored["ContentEncoding"] == "gzip"
+        raw = gzip.decompress(raw)
+    else:
+        assert not stored.get("ContentEncoding")
+    assert comparable(orjson.loads(raw)) == direct_doc
+
+
+def test_tampered_url_gives_502_and_keeps_the_graph(live_server, s3, tmp_path):
+    url = s3.presign_put("graphs/tampered.json")
+    tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+    res = post(
+        live_server, "/generate-graph", graph_body(signed_url=tampered, slug_identifier="tampered")
+    )
+    assert res.status_code == 502
+    body = res.json()
+    assert body["error"].startswith("Failed to upload graph: 403 ")
+    assert "SignatureDoesNotMatch" in body["error"] or "AccessDenied" in body["error"]
+    spool = Path(live_server.log_path).parent / "spool" / body["spool_file"]
+    assert spool.is_file() and orjson.loads(spool.read_bytes())["metadata"]["slug"] == "tampered"
+    assert_serves(live_server)
+
+
+def test_expired_url_gives_502(live_server, s3):
+    url = s3.presign_put("graphs/expired.json", expires=1)
+    time.sleep(2)
+    res = post(live_server, "/generate-graph", graph_body(signed_url=url, compress=True))
+    assert res.status_code == 502 and "403" in res.json()["error"]
+    assert res.json()["spool_file"].endswith(".json.gz")
+    assert_serves(live_server)
+
+
+def test_flaky_target_succeeds_after_retries(live_server):
+    with flaky_target(fail_times=2, status=500) as target:
+        res = post(
+            live_server,
+            "/generate-graph",
+            graph_body(signed_url=target.url + "?X-Amz-Signature=abc"),
+        )
+    assert res.status_code == 200, res.text
+    assert len(target.requests) == 3
+    for req in target.requests:
+        assert "content-length" in req.headers and "transfer-encoding" not in req.headers
+    assert orjson.loads(target.requests[-1].body)["metadata"]["slug"] == "e2e"
+
+
+def test_hanging_target_gives_502_within_timeout(live_server):
+    with hanging_target() as target:
+        started = time.monotonic()
+        res = post(live_server, "/generate-graph", graph_body(signed_url=target.url))
+        elapsed = time.monotonic() - started
+    assert res.status_code == 502 and "timed out" in res.json()["error"]
+    assert elapsed < 30  # the server's read timeout is 2 s; attribution takes a few seconds
+    assert_serves(live_server)
+
+
+def test_unreachable_target_gives_502(live_server):
+    res = post(live_server, "/generate-graph", graph_body(signed_url=closed_port_url()))
+    assert res.status_code == 502 and "spool_file" in res.json()
+    assert_serves(live_server)
+
+
+def test_concurrent_graphs_one_busy_and_check_busy_answers(live_server):
+    results: dict[str, requests.Response] = {}
+    slow = graph_body(batch_size=1, max_feature_nodes=600, prompt="1 2 3 4 5 6 7 8 9 10 11 12")
+
+    def fire(name: str, delay: float) -> None:
+        time.sleep(delay)
+        results[name] = post(live_server, "/generate-graph", slow, timeout=300)
+
+    first = threading.Thread(target=fire, args=("first", 0))
+    first.start()
+    deadline = time.monotonic() + 30
+    busy_seen = False
+    while time.monotonic() < deadline and not busy_seen:
+        busy_seen = requests.get(f"{live_server.base}/check-busy", timeout=5).json()["busy"]
+        time.sleep(0.02)
+    assert busy_seen, "check-busy never reported the running graph"
+    second = post(live_server, "/generate-graph", slow)
+    first.join(timeout=300)
+    assert second.status_code == 503 and int(second.headers["Retry-After"]) > 0
+    assert second.json()["error"] == "Server busy, please try again later."
+    assert results["first"].status_code == 200
+    assert post(live_server, "/generate-graph", graph_body()).status_code == 200
+
+
+def test_server_log_has_no_secrets(live_server, s3):
+    url = s3.presign_put("graphs/logcheck.json")
+    assert post(live_server, "/generate-graph", graph_body(signed_url=url)).status_code == 200
+    log = live_server.log()
+    query = url.split("?", 1)[1]
+    signature = query.split("X-Amz-Signature=")[1].split("&")[0]
+    assert SECRET not in log and signature not in log and "X-Amz-Credential" not in log
+    assert "graph slug=e2e" in log and "attribute_ms=" in log

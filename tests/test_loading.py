@@ -1,0 +1,185 @@
+"""Model loading: presets and custom models resolve, and every failure is one clear line.
+
+The Hub is unreachable here, so Hub loading is tested up to the network boundary: with
+HF_HUB_OFFLINE=1 (set by conftest) it must fail fast and say which repository and whether
+HF_TOKEN is set.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuronpedia_graph import demo
+from neuronpedia_graph.loading import (
+    ModelLoadError,
+    explain_hub_error,
+    load_model,
+    preflight,
+    resolve_dtype,
+    resolve_spec,
+)
+from neuronpedia_graph.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_spec_uses_local_artifacts_and_nnsight():
+    spec = resolve_spec(Settings(model_id="demo"))
+    assert spec.model_path == str(demo.MODEL_DIR) and spec.transcoder_is_local
+    assert (spec.scan, spec.backend) == ("demo", "nnsight")
+    preflight(spec)  # local files exist
+
+
+def test_preset_spec_accepts_hf_and_neuronpedia_ids():
+    spec = resolve_spec(Settings(model_id="google/gemma-2-2b"))
+    assert spec.transcoder_ref == "gemma" and spec.scan == "gemma-2-2b"
+    assert {"google/gemma-2-2b", "gemma-2-2b"} <= spec.accepted_ids
+    assert spec.source_urls and spec.neuronpedia_source_set
+
+
+def test_unknown_model_without_transcoder_set_is_rejected():
+    with pytest.raises(ModelLoadError, match="No transcoder set is known for model 'gpt2'"):
+        resolve_spec(Settings(model_id="gpt2"))
+
+
+def test_custom_hub_model_with_transcoder_set():
+    spec = resolve_spec(Settings(model_id="org/model", transcoder_set="org/transcoders"))
+    assert (spec.model_path, spec.transcoder_ref, spec.scan) == (
+        "org/model",
+        "org/transcoders",
+        "org/transcoders",
+    )
+    assert spec.backend == "nnsight" and not spec.model_is_local
+
+
+def test_local_dir_without_config_yaml(tmp_path):
+    (tmp_path / "tc").mkdir()
+    with pytest.raises(ModelLoadError, match=r"has no config\.yaml"):
+        resolve_spec(Settings(model_id=str(demo.MODEL_DIR), transcoder_set=str(tmp_path / "tc")))
+
+
+def test_local_model_dir_without_config_json(tmp_path):
+    spec = resolve_spec(Settings(model_id=str(tmp_path), transcoder_set=str(demo.TRANSCODER_DIR)))
+    with pytest.raises(ModelLoadError, match=r"has no config\.json"):
+        preflight(spec)
+
+
+def test_local_model_dir_with_transformerlens_backend_is_refused():
+    with pytest.raises(ModelLoadError, match="needs --backend nnsight"):
+        resolve_spec(
+            Settings(
+                model_id=str(demo.MODEL_DIR),
+                transcoder_set=str(demo.TRANSCODER_DIR),
+                backend="transformerlens",
+            )
+        )
+
+
+def test_local_model_dir_without_transcoder_set_or_subfolder(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="No transcoder set is known"):
+        resolve_spec(Settings(model_id=str(tmp_path)))
+
+
+@pytest.mark.parametrize("model_id", ["google/gemma-2-2b", "meta-llama/Llama-3.2-1B"])
+def test_offline_hub_fails_fast_naming_repo_and_token(model_id):
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as info:
+        preflight(resolve_spec(Settings(model_id=model_id)))
+    message = str(info.value)
+    assert time.monotonic() - started < 10
+    assert f"'{model_id}'" in message and "offline mode" in message
+    assert "HF_TOKEN is not set" in message and "\n" not in message
+
+
+def test_gated_and_missing_repo_messages(monkeypatch):
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    monkeypatch.setenv("HF_TOKEN", "hf_dummy")
+    gated = explain_hub_error("meta-llama/Llama-3.2-1B", GatedRepoError("403 gated"))
+    assert "gated" in gated and "HF_TOKEN is set" in gated and "meta-llama/Llama-3.2-1B" in gated
+    monkeypatch.delenv("HF_TOKEN")
+    missing = explain_hub_error("org/nope", RepositoryNotFoundError("404"))
+    assert "not found" in missing and "HF_TOKEN is not set" in missing
+
+
+def test_dtype_defaults_follow_device():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
+
+
+def test_demo_loads_through_the_user_code_path(demo_loaded):
+    assert demo_loaded.spec.model_id == "demo"
+    assert demo_loaded.device.type == "cpu" and demo_loaded.dtype == torch.float32
+    assert demo_loaded.n_layers >= 1 and demo_loaded.d_transcoder >= 1
+    assert demo_loaded.accepts("demo") and not demo_loaded.accepts("google/gemma-2-2b")
+
+
+def test_demo_loads_from_a_custom_local_directory_copy(tmp_path):
+    """A user's own model dir + transcoder dir (relative paths in config.yaml) load too."""
+    import shutil
+
+    shutil.copytree(demo.MODEL_DIR, tmp_path / "model")
+    shutil.copytree(demo.TRANSCODER_DIR, tmp_path / "model" / "transcoders")
+    loaded = load_model(Settings(model_id=str(tmp_path / "model"), device="cpu"))
+    assert loaded.spec.model_is_local and loaded.spec.transcoder_ref.endswith("transcoders")
+    ids = loaded.model.ensure_tokenized("The city of Paris is in")
+    assert ids[0].item() == loaded.tokenizer.bos_token_id != 0
+
+
+def _cli(*args: str, env_extra: dict[str, str] | None = None, cwd: Path | None = None):
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET", "HF_TOKEN")}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd or REPO,
+    )
+
+
+def test_cli_refuses_to_start_without_secret(tmp_path):
+    result = _cli(
+        "-m", "neuronpedia_graph", "demo", "--env-file", str(tmp_path / "none.env"), cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "SECRET is not set" in result.stderr
+
+
+def test_cli_offline_hub_model_exits_with_one_line(tmp_path):
+    result = _cli(
+        "-m",
+        "neuronpedia_graph",
+        "google/gemma-2-2b",
+        "--env-file",
+        str(tmp_path / "none.env"),
+        env_extra={"SECRET": "x"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "google/gemma-2-2b" in last and "offline" in last
+
+
+def test_seed_entry_point_still_works(tmp_path):
+    result = _cli(
+        "neuronpedia_graph/server.py",
+        "gpt2",
+        "--env-file",
+        str(tmp_path / "none.env"),
+        env_extra={"SECRET": "x"},
+    )
+    assert result.returncode == 2
+    assert "No transcoder set is known for model 'gpt2'" in result.stderr
+    help_text = _cli("neuronpedia_graph/server.py", "--help").stdout
+    assert "--transcoder-set" in help_text and "--port" in help_text
