@@ -1,0 +1,208 @@
+"""Tiny local HTTP targets that misbehave on purpose, for upload fault tests.
+
+SeaweedFS cannot be told to fail or stall on demand, so these stand in for an S3 endpoint that
+returns transient 5xx errors or accepts a body and never answers. They record what arrived so
+tests can check the wire format (Content-Length, no chunked encoding, body size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_S3_ERROR = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    "<Error><Code>{code}</Code><Message>{message}</Message>"
+    "<RequestId>fault-target</RequestId></Error>"
+)
+
+_CODES = {
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    502: ("BadGateway", "Bad gateway."),
+    503: ("SlowDown", "Please reduce your request rate."),
+    504: ("GatewayTimeout", "Gateway timeout."),
+}
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+
+@dataclass
+class Target:
+    """A running fault target: where to send requests and what it has received so far."""
+
+    url: str
+    requests: list[ReceivedRequest] = field(default_factory=list)
+
+
+def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """Read the request body whichever framing the client chose, so chunked uploads are seen."""
+    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
+        parts = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip(), 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(parts)
+            parts.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    return handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
+
+
+def _record(handler: BaseHTTPRequestHandler, target: Target) -> None:
+    body = _read_body(handler)
+    headers = {name.lower(): value for name, value in handler.headers.items()}
+    target.requests.append(ReceivedRequest(handler.command, handler.path, headers, body))
+
+
+@contextlib.contextmanager
+def _serve(
+    handler_cls: type[BaseHTTPRequestHandler],
+    server_cls: type[ThreadingHTTPServer] = ThreadingHTTPServer,
+) -> Iterator[ThreadingHTTPServer]:
+    server = server_cls(("127.0.0.1", 0), handler_cls)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _url(server: ThreadingHTTPServer, path: str) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}{path}"
+
+
+@contextlib.contextmanager
+def flaky_target(
+    fail_times: int = 2,
+    status: int = 500,
+    *,
+    ok_status: int = 200,
+    retry_after: int | None = None,
+    path: str = "/bucket/graph.json",
+) -> Iterator[Target]:
+    """Answer `status` with an S3-style XML error `fail_times` times, then `ok_status`."""
+    lock = threading.Lock()
+    target = Target(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_PUT(self) -> None:
+            _record(self, target)
+            with lock:
+                failing = len(target.requests) <= fail_times
+            if failing:
+                code, message = _CODES.get(status, ("TestError", "Injected failure."))
+                payload = _S3_ERROR.format(code=code, message=message).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                if retry_after is not None:
+                    self.send_header("Retry-After", str(retry_after))
+            else:
+                payload = b""
+                self.send_response(ok_status)
+                self.send_header("ETag", '"fault-target"')
+            if ok_status != 204 or failing:
+                self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: object) -> None:  # keep test output clean
+            pass
+
+    with _serve(Handler) as server:
+        target.url = _url(server, path)
+        yield target
+
+
+@contextlib.contextmanager
+def hanging_target(path: str = "/bucket/graph.json") -> Iterator[Target]:
+    """Accept the PUT and read its body, then never answer until the target is closed."""
+    closed = threading.Event()
+    target = Target(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_PUT(self) -> None:
+            _record(self, target)
+            closed.wait()
+            self.close_connection = True
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with _serve(Handler) as server:
+        target.url = _url(server, path)
+        try:
+            yield target
+        finally:
+            closed.set()
+
+
+@contextlib.contextmanager
+def slow_reader_target(bytes_per_second: int, path: str = "/bucket/graph.json") -> Iterator[Target]:
+    """Read the body at a throttled rate (like a slow uplink), then answer 200.
+
+    Small receive buffers keep the kernel from absorbing the body, so the client really spends
+    about len(body) / bytes_per_second seconds sending it.
+    """
+    block = 16 * 1024
+    target = Target(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_PUT(self) -> None:
+            remaining = int(self.headers.get("Content-Length", "0"))
+            parts = []
+            while remaining:
+                chunk = self.rfile.read1(min(block, remaining))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                remaining -= len(chunk)
+                time.sleep(len(chunk) / bytes_per_second)
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            target.requests.append(ReceivedRequest("PUT", self.path, headers, b"".join(parts)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        def server_bind(self) -> None:
+            # Set before listen() so accepted sockets inherit it and the TCP window stays small.
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, block)
+            super().server_bind()
+
+    with _serve(Handler, server_cls=Server) as server:
+        target.url = _url(server, path)
+        yield target
+
+
+def closed_port_url(path: str = "/bucket/graph.json") -> str:
+    """A URL on 127.0.0.1 where nothing listens, so connecting is refused at once."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
