@@ -187,10 +187,16 @@ class GraphService:
     ) -> GraphResult:
         self.check_model_id(request.model_id)
         cap = self.settings.max_feature_nodes
-        if request.max_feature_nodes > cap:
+        if "max_feature_nodes" not in request.model_fields_set:
+            # The default must work on a server configured with a lower cap.
+            request = request.model_copy(
+                update={"max_feature_nodes": min(request.max_feature_nodes, cap)}
+            )
+        elif request.max_feature_nodes > cap:
             raise InvalidField(
                 f"max_feature_nodes: must be at most {cap} on this server "
-                f"(got {request.max_feature_nodes})"
+                f"(got {request.max_feature_nodes})",
+                fields=["max_feature_nodes"],
             )
         prompt = self.prompt_text(request)
         timings = Timings()

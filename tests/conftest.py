@@ -96,7 +96,7 @@ def wait_for_health(base: str, proc: subprocess.Popen, timeout: float = 120) -> 
         try:
             if requests.get(f"{base}/health", timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         time.sleep(0.25)
     raise TimeoutError("server did not become healthy")
