@@ -106,11 +106,13 @@ class GraphService:
             raise InvalidRequest(str(exc)) from exc
 
     def tokenize(self, prompt: str) -> torch.Tensor:
-        """Token ids exactly as attribution sees them: circuit-tracer prepends a BOS token."""
-        plain = self.tokenizer(prompt, add_special_tokens=False).input_ids
-        if len(plain) == 0:
+        """Token ids exactly as attribution and steering see them, with exactly one BOS."""
+        from neuronpedia_graph.chat import canonical_prompt
+
+        text = canonical_prompt(self.tokenizer, prompt)
+        if not text or not self.tokenizer(text, add_special_tokens=False).input_ids:
             raise InvalidRequest("Prompt produced no tokens")
-        ids = self.model.ensure_tokenized(prompt)
+        ids = self.model.ensure_tokenized(text)
         limit = self.settings.token_limit
         if len(ids) > limit:
             raise InvalidRequest(

@@ -84,6 +84,7 @@ def test_get_endpoints_need_no_secret_and_reveal_none(client, auth):
             "Model 'google/gemma-2-2b' is not available. Only 'demo' is currently loaded.",
         ),
         (graph_body(prompt=" 1" * 80), 400, "Prompt exceeds token limit (81 > 64)"),
+        (graph_body(prompt="<bos>"), 400, "Prompt produced no tokens"),
     ],
 )
 def test_graph_request_validation(client, auth, body, status, needle):

@@ -1,0 +1,319 @@
+"""Steering on the demo model: interventions found from real graphs, positions, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from neuronpedia_graph.chat import ChatMessage, render_chat
+from neuronpedia_graph.steering import (
+    SteerFeature,
+    SteerRequest,
+    SteerResponse,
+    SteerValidationError,
+    TokenLogits,
+    prompt_token_ids,
+    steer,
+    validate_features,
+)
+
+PARIS = "The city of Paris is in"
+ROME = "The city of Rome is in"
+COUNT_TO_6 = "1 2 3 4 5 6"
+COUNT_TO_3 = "1 2 3"
+VALID = {"layer": 0, "index": 0, "token_active_position": 1, "steer_position": 1, "delta": 1.0}
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The demo model and transcoders, loaded with circuit-tracer directly."""
+    from circuit_tracer import ReplacementModel
+    from circuit_tracer.utils.hf_utils import load_transcoders
+
+    from neuronpedia_graph.demo import MODEL_DIR, transcoder_config
+
+    cpu = torch.device("cpu")
+    transcoders = load_transcoders(transcoder_config(), cpu, torch.float32)
+    return ReplacementModel.from_pretrained_and_transcoders(
+        str(MODEL_DIR), transcoders, backend="nnsight", device=cpu, dtype=torch.float32
+    )
+
+
+def top_direct_feature(model, prompt: str, token: str) -> tuple[int, int, int]:
+    """(layer, position, index) of the feature with the largest direct effect on `token`'s logit."""
+    from circuit_tracer import attribute
+
+    graph = attribute(prompt, model, attribution_targets=[token], batch_size=64)
+    n_features = len(graph.selected_features)
+    direct_effects = graph.adjacency_matrix[-1, :n_features]  # the only logit node's row
+    best = int(direct_effects.argmax())
+    layer, position, index = graph.active_features[graph.selected_features[best]].tolist()
+    return layer, position, index
+
+
+@pytest.fixture(scope="module")
+def france_feature(model) -> tuple[int, int, int]:
+    return top_direct_feature(model, PARIS, " France")
+
+
+@pytest.fixture(scope="module")
+def say_7_feature(model) -> tuple[int, int, int]:
+    return top_direct_feature(model, COUNT_TO_6, " 7")
+
+
+def request(prompt: str = PARIS, **fields) -> SteerRequest:
+    features = fields.pop("features", None) or [VALID]
+    return SteerRequest.model_validate(
+        {"prompt": prompt, "features": features, "n_tokens": 3, **fields}
+    )
+
+
+def steer_at(feature: tuple[int, int, int], position: int, **fields) -> dict:
+    """The feature read and steered at `position` (the graph's own position by default)."""
+    layer, _, index = feature
+    return {
+        "layer": layer,
+        "index": index,
+        "token_active_position": position,
+        "steer_position": position,
+        **fields,
+    }
+
+
+def last_position(model, prompt: str) -> int:
+    return len(prompt_token_ids(model, prompt)) - 1
+
+
+def prob_bounds(entry: TokenLogits, token: str) -> tuple[float, float]:
+    """p(token) when listed; else (0, the smallest listed probability)."""
+    listed = {t.token: t.prob for t in entry.top_logits}
+    if token in listed:
+        return listed[token], listed[token]
+    return 0.0, min(listed.values())
+
+
+def next_prob(entries: list[TokenLogits], position: int, token: str) -> float:
+    low, high = prob_bounds(entries[position], token)
+    assert low == high, f"{token!r} is not among the top logits"
+    return low
+
+
+def continuation(reply: SteerResponse, prompt: str, steered: bool) -> str:
+    text = reply.STEERED_GENERATION if steered else reply.DEFAULT_GENERATION
+    assert text.startswith(prompt)
+    return text[len(prompt) :]
+
+
+# ------------------------------------------------------------------------- interventions
+def test_ablating_the_top_france_feature_lowers_p_france(model, france_feature) -> None:
+    last = last_position(model, PARIS)
+    assert france_feature[1] == last  # the graph found it where the answer is read out
+    reply = steer(model, request(features=[steer_at(france_feature, last, ablate=True)]))
+
+    default = next_prob(reply.DEFAULT_LOGITS_BY_TOKEN, last, " France")
+    ablated = next_prob(reply.STEERED_LOGITS_BY_TOKEN, last, " France")
+    assert default > 0.5
+    assert ablated < default
+
+
+def test_boosting_the_top_france_feature_raises_p_france(model, france_feature) -> None:
+    # On the Paris prompt p(France) is saturated and a boost mostly grows the residual norm, so
+    # push the feature where France is not the answer yet.
+    last = last_position(model, ROME)
+    features = [steer_at(france_feature, last, delta=5.0)]
+    reply = steer(model, request(ROME, features=features, top_k=20))
+
+    _, default_high = prob_bounds(reply.DEFAULT_LOGITS_BY_TOKEN[last], " France")
+    boosted_low, _ = prob_bounds(reply.STEERED_LOGITS_BY_TOKEN[last], " France")
+    assert boosted_low > default_high
+
+
+def test_boosting_a_say_7_feature_changes_a_count(model, say_7_feature) -> None:
+    last = last_position(model, COUNT_TO_3)
+    features = [steer_at(say_7_feature, last, delta=50.0)]
+    reply = steer(model, request(COUNT_TO_3, features=features, top_k=20))
+
+    assert continuation(reply, COUNT_TO_3, steered=False).startswith(" 4 5")
+    assert not continuation(reply, COUNT_TO_3, steered=True).startswith(" 4")
+    _, default_high = prob_bounds(reply.DEFAULT_LOGITS_BY_TOKEN[last], " 7")
+    assert prob_bounds(reply.STEERED_LOGITS_BY_TOKEN[last], " 7")[0] > default_high
+
+
+def test_generated_token_steering_starts_after_the_first_new_token(model, say_7_feature) -> None:
+    last = last_position(model, COUNT_TO_3)
+    feature = steer_at(say_7_feature, last, delta=50.0)
+    feature.update(steer_position=None, steer_generated_tokens=True)
+    reply = steer(model, request(COUNT_TO_3, features=[feature]))
+
+    # The first new token is predicted from the prompt alone, which is not steered; the
+    # distribution after it already is.
+    default, steered = reply.DEFAULT_LOGITS_BY_TOKEN, reply.STEERED_LOGITS_BY_TOKEN
+    assert steered[: last + 1] == default[: last + 1]
+    assert steered[last + 1].token == default[last + 1].token
+    assert steered[last + 1].top_logits != default[last + 1].top_logits
+    assert continuation(reply, COUNT_TO_3, steered=True) != continuation(
+        reply, COUNT_TO_3, steered=False
+    )
+
+
+def test_frozen_attention_ablation_still_lowers_p_france(model, france_feature) -> None:
+    last = last_position(model, PARIS)
+    features = [steer_at(france_feature, last, ablate=True)]
+    reply = steer(model, request(features=features, freeze_attention=True))
+
+    default = next_prob(reply.DEFAULT_LOGITS_BY_TOKEN, last, " France")
+    assert next_prob(reply.STEERED_LOGITS_BY_TOKEN, last, " France") < default
+
+
+# --------------------------------------------------------------------------- determinism
+def test_same_request_gives_the_same_reply(model, france_feature) -> None:
+    req = request(features=[steer_at(france_feature, last_position(model, PARIS), delta=-3.0)])
+
+    assert steer(model, req) == steer(model, req)
+
+
+def test_sampling_with_a_seed_is_reproducible_and_seeds_matter(model, say_7_feature) -> None:
+    features = [steer_at(say_7_feature, last_position(model, COUNT_TO_3), delta=10.0)]
+
+    def sample(seed: int) -> SteerResponse:
+        return steer(
+            model, request(COUNT_TO_3, features=features, temperature=3.0, seed=seed, n_tokens=4)
+        )
+
+    assert sample(1234) == sample(1234)
+    assert len({sample(seed).DEFAULT_GENERATION for seed in range(3)}) > 1
+
+
+@pytest.mark.parametrize("seed", [7, None])
+def test_both_runs_share_the_seed(model, france_feature, seed) -> None:
+    # Setting a feature to its own activation changes nothing, so the runs must agree exactly.
+    last = last_position(model, COUNT_TO_3)
+    features = [steer_at(france_feature, last, delta=0.0)]
+    reply = steer(
+        model, request(COUNT_TO_3, features=features, temperature=3.0, seed=seed, n_tokens=8)
+    )
+
+    assert reply.STEERED_GENERATION == reply.DEFAULT_GENERATION
+    assert reply.STEERED_LOGITS_BY_TOKEN == reply.DEFAULT_LOGITS_BY_TOKEN
+
+
+def test_frequency_penalty_forbids_repeats_without_changing_reported_probs(model) -> None:
+    plain = steer(model, request(COUNT_TO_3, n_tokens=6))
+    penalised = steer(model, request(COUNT_TO_3, n_tokens=6, freq_penalty=1000.0))
+
+    last = last_position(model, COUNT_TO_3)
+    generated = [e.token for e in penalised.DEFAULT_LOGITS_BY_TOKEN[last + 1 :]]
+    assert len(generated) == len(set(generated)) == 6
+    assert plain.DEFAULT_LOGITS_BY_TOKEN[last] == penalised.DEFAULT_LOGITS_BY_TOKEN[last]
+
+
+# ----------------------------------------------------------------------------- positions
+def test_reply_has_one_entry_per_position_and_greedy_top1_is_the_next_token(model) -> None:
+    ids = prompt_token_ids(model, COUNT_TO_6).tolist()
+    n_prompt = len(ids)
+    reply = steer(model, request(COUNT_TO_6, n_tokens=4))
+
+    for entries in (reply.DEFAULT_LOGITS_BY_TOKEN, reply.STEERED_LOGITS_BY_TOKEN):
+        assert len(entries) == n_prompt + 4
+        assert [e.token for e in entries[:n_prompt]] == ["<bos>", "1", " 2", " 3", " 4", " 5", " 6"]
+        assert all(e.top_logits == [] for e in entries[: n_prompt - 1])
+        # From the last prompt token on, every entry holds the distribution after it ...
+        assert all(len(e.top_logits) == 5 for e in entries[n_prompt - 1 :])
+        # ... so under greedy decoding its top-1 is the next entry's token.
+        for position in range(n_prompt - 1, len(entries) - 1):
+            assert entries[position].top_logits[0].token == entries[position + 1].token
+    generated = "".join(e.token for e in reply.DEFAULT_LOGITS_BY_TOKEN[n_prompt:])
+    assert generated == " 7 8 9 10"
+    assert COUNT_TO_6 + generated == reply.DEFAULT_GENERATION
+
+
+def test_a_bos_in_the_prompt_text_does_not_shift_positions(model, france_feature) -> None:
+    features = [steer_at(france_feature, last_position(model, PARIS), ablate=True)]
+    plain = steer(model, request(PARIS, features=features))
+    with_bos = steer(model, request("<bos>" + PARIS, features=features))
+
+    assert with_bos.STEERED_LOGITS_BY_TOKEN == plain.STEERED_LOGITS_BY_TOKEN
+    assert with_bos.DEFAULT_GENERATION == "<bos>" + plain.DEFAULT_GENERATION
+
+
+def test_chat_prompts_keep_exactly_one_bos(model) -> None:
+    prompt = render_chat(model.tokenizer, [ChatMessage(role="user", content=COUNT_TO_3)])
+
+    reply = steer(model, request(prompt, n_tokens=1))
+
+    tokens = [e.token for e in reply.DEFAULT_LOGITS_BY_TOKEN]
+    assert tokens[:3] == ["<bos>", "<start_of_turn>", "user"]
+    assert tokens.count("<bos>") == 1
+
+
+def test_the_model_is_left_unchanged_even_when_a_run_fails(model, monkeypatch) -> None:
+    tokenizer = model.tokenizer
+    req = request(COUNT_TO_3)
+    before = steer(model, req)
+
+    def injected_fault(*args, **kwargs):
+        raise RuntimeError("injected fault")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "feature_intervention", injected_fault)
+        with pytest.raises(RuntimeError, match="injected fault"):
+            steer(model, req)
+
+    assert model.tokenizer is tokenizer
+    assert steer(model, req) == before
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ablate": True}, "exactly one of ablate=true or a delta"),
+        ({"delta": None}, "exactly one of ablate=true or a delta"),
+        ({"steer_generated_tokens": True}, "exactly one of steer_position or"),
+        ({"steer_position": None}, "exactly one of steer_position or"),
+        ({"layer": -1}, "layer -1 is outside"),
+        ({"layer": "n_layers"}, "is outside"),
+        ({"index": -1}, "index -1 is outside"),
+        ({"index": "d_transcoder"}, "is outside"),
+        ({"token_active_position": -1}, "token_active_position -1 is outside"),
+        ({"token_active_position": "n_prompt"}, "token_active_position"),
+        ({"steer_position": -1}, "steer_position -1 is outside"),
+        ({"steer_position": "n_prompt"}, "steer_position"),
+    ],
+)
+def test_each_rule_names_the_offending_feature(model, change, message) -> None:
+    n_prompt = len(prompt_token_ids(model, PARIS))
+    limits = {
+        "n_layers": model.cfg.n_layers,
+        "d_transcoder": model.transcoders.d_transcoder,
+        "n_prompt": n_prompt,
+    }
+    bad = {**VALID, **{k: limits.get(v, v) for k, v in change.items()}}
+    req = request(features=[VALID, bad])
+
+    with pytest.raises(SteerValidationError, match=rf"^features\[1\]: .*{message}"):
+        validate_features(model, req, n_prompt)
+    with pytest.raises(SteerValidationError, match=r"^features\[1\]"):
+        steer(model, req)
+
+
+def test_valid_features_pass(model) -> None:
+    last = last_position(model, PARIS)
+    generated = {**VALID, "steer_position": None, "steer_generated_tokens": True}
+    ablated = {**VALID, "delta": None, "ablate": True, "steer_position": last}
+
+    validate_features(model, request(features=[VALID, generated, ablated]), last + 1)
+
+
+def test_request_bounds() -> None:
+    with pytest.raises(ValidationError, match="features"):
+        SteerRequest.model_validate({"prompt": PARIS, "features": []})
+    for field, value in [("n_tokens", 0), ("n_tokens", 257), ("top_k", 21), ("temperature", -1)]:
+        with pytest.raises(ValidationError, match=field):
+            SteerRequest.model_validate({"prompt": PARIS, "features": [VALID], field: value})
+    extra = {**VALID, "unknown": 1}
+    req = SteerRequest.model_validate({"prompt": PARIS, "features": [extra], "model_id": "x"})
+    assert req.features == [SteerFeature.model_validate(VALID)]
