@@ -1,0 +1,425 @@
+"""The Runpod worker: same work and same messages as HTTP, failures always marked as failures.
+
+The handler is called directly with the session's demo service (fast, every error class), then
+the real worker process is run under the SDK's local API and driven over /runsync.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jsonschema
+import orjson
+import pytest
+import requests
+
+from tests.conftest import REPO, SECRET, free_port
+from tests.fault_targets import closed_port_url
+
+HANDLER_PATH = REPO / "runpod" / "handler.py"
+AUTH = {"x-secret-key": SECRET}
+PROMPT = "The city of Paris is in"
+STEER_FEATURE = {
+    "layer": 0,
+    "index": 0,
+    "token_active_position": 1,
+    "steer_position": 1,
+    "delta": 1.0,
+}
+
+
+def load_handler_module() -> ModuleType:
+    """Load runpod/handler.py by path: the folder name `runpod` is the SDK's package name."""
+    spec = importlib.util.spec_from_file_location("runpod_worker_handler", HANDLER_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the models' annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def worker() -> ModuleType:
+    return load_handler_module()
+
+
+@pytest.fixture(scope="module")
+def handler(worker, service):
+    return worker.make_handler(service)
+
+
+def graph_input(**overrides: Any) -> dict[str, Any]:
+    body = {
+        "prompt": PROMPT,
+        "model_id": "demo",
+        "slug_identifier": "runpod-test",
+        "max_feature_nodes": 200,
+    }
+    body.update(overrides)
+    return body
+
+
+def steer_input(**overrides: Any) -> dict[str, Any]:
+    body = {"model_id": "demo", "prompt": PROMPT, "features": [STEER_FEATURE], "n_tokens": 3}
+    body.update(overrides)
+    return body
+
+
+def job(**job_input: Any) -> dict[str, Any]:
+    return {"id": "job-1", "input": job_input}
+
+
+def without_create_time(doc: dict) -> dict:
+    """Two runs of the same graph request differ only in their creation time."""
+    doc["metadata"]["info"].pop("create_time_ms")
+    return doc
+
+
+def assert_failed(output: dict, status: int) -> str:
+    """Runpod marks a job FAILED exactly when the output has a truthy `error`."""
+    assert isinstance(output.get("error"), str) and output["error"], output
+    assert output["status"] == status, output
+    return output["error"]
+
+
+def now_ms() -> float:
+    return time.time() * 1000
+
+
+# --------------------------------------------------------------------- successful jobs
+def test_importing_the_handler_loads_no_model(worker):
+    assert worker.LOADER._service is None and worker.LOADER._error is None
+    assert callable(worker.handler)
+
+
+def test_graph_job_returns_the_same_document_as_http(handler, client, graph_schema):
+    output = handler(job(request_type="graph", **graph_input()))
+    assert "error" not in output
+    jsonschema.validate(output, graph_schema)
+    res = client.post("/generate-graph", json=graph_input(), headers=AUTH)
+    assert res.status_code == 200
+    assert without_create_time(output) == without_create_time(orjson.loads(res.data))
+
+
+def test_request_type_defaults_to_graph(handler):
+    output = handler(job(**graph_input(slug_identifier="default-type")))
+    assert output["metadata"]["slug"] == "default-type"
+    assert output["nodes"] and output["links"]
+
+
+def test_graph_upload_job_puts_the_graph_in_s3(handler, s3):
+    key = "runpod/upload.json"
+    url = s3.presign_put(key, content_encoding="gzip")
+    output = handler(
+        job(
+            **graph_input(slug_identifier="uploaded", signed_url=url, compress=True),
+            deadline=now_ms() + 60_000,
+        )
+    )
+    timings = output.pop("timings_ms")
+    stored = s3.client.get_object(Bucket=s3.bucket, Key=key)
+    payload = stored["Body"].read()
+    assert output == {
+        "success": "Graph uploaded",
+        "url": url.split("?")[0],
+        "bytes": len(payload),
+        "compressed": True,
+    }
+    assert {"attribute", "build_json", "compress", "upload"} <= set(timings)
+    assert all(isinstance(ms, float) and ms >= 0 for ms in timings.values())
+    assert stored["ContentEncoding"] == "gzip"
+    assert orjson.loads(gzip.decompress(payload))["metadata"]["slug"] == "uploaded"
+
+
+def test_forward_pass_job_matches_http(handler, client):
+    body = {"prompt": PROMPT, "model_id": "demo", "max_n_logits": 5}
+    output = handler(job(request_type="forward-pass", **body))
+    res = client.post("/forward-pass", json=body, headers=AUTH)
+    assert res.status_code == 200
+    assert output == res.get_json()
+    assert output["input_tokens"] and output["salient_logits"]
+
+
+def test_steer_job_matches_http(handler, client):
+    output = handler(job(request_type="steer", **steer_input()))
+    assert "error" not in output, output
+    res = client.post("/steer", json=steer_input(), headers=AUTH)
+    assert res.status_code == 200, res.get_json()
+    assert output == res.get_json()  # temperature 0: greedy, so both runs agree
+    assert output["STEERED_GENERATION"]
+
+
+# ------------------------------------------------------------------------ failed jobs
+@pytest.mark.parametrize(
+    ("request_type", "path", "body"),
+    [
+        ("graph", "/generate-graph", graph_input(batch_size=0)),
+        ("graph", "/generate-graph", graph_input(slug_identifier="bad slug!", compress="yes")),
+        ("graph", "/generate-graph", graph_input(max_feature_nodes=10**6)),
+        ("forward-pass", "/forward-pass", {"prompt": PROMPT, "max_n_logits": 51}),
+        ("forward-pass", "/forward-pass", {"prompt": "x " * 200}),
+        ("steer", "/steer", steer_input(features="not a list")),
+        ("graph", "/generate-graph", graph_input(model_id="google/gemma-2-2b")),
+        ("forward-pass", "/forward-pass", {"prompt": PROMPT, "model_id": "gpt2"}),
+    ],
+)
+def test_invalid_jobs_fail_with_the_http_message(handler, client, request_type, path, body):
+    output = handler(job(request_type=request_type, **body))
+    res = client.post(path, json=body, headers=AUTH)
+    http = res.get_json()
+    http.pop("request_id")
+    assert res.status_code in (400, 422)
+    assert output == {**http, "status": res.status_code}
+
+
+def test_model_not_available_names_the_loaded_model(handler):
+    output = handler(job(**graph_input(model_id="google/gemma-2-2b")))
+    message = assert_failed(output, 400)
+    assert message == (
+        "Model 'google/gemma-2-2b' is not available. Only 'demo' is currently loaded."
+    )
+
+
+def test_unknown_request_type_fails(handler):
+    output = handler(job(request_type="parse-chat-prompt", prompt=PROMPT))
+    message = assert_failed(output, 422)
+    assert message.startswith("Invalid request: request_type: ")
+    assert "'graph', 'forward-pass' or 'steer'" in message
+    assert output["fields"] == ["request_type"]
+
+
+@pytest.mark.parametrize("job_input", [None, "a prompt", ["graph"], 42])
+def test_input_that_is_not_an_object_fails(handler, job_input):
+    output = handler({"id": "job-1", "input": job_input})
+    assert assert_failed(output, 400) == "Request body must be a JSON object"
+
+
+def test_job_without_input_fails(handler):
+    assert assert_failed(handler({"id": "job-1"}), 400) == "Request body must be a JSON object"
+
+
+@pytest.mark.parametrize("deadline", ["soon", True, -1, float("nan")])
+def test_malformed_deadline_fails(handler, deadline):
+    output = handler(job(**graph_input(), deadline=deadline))
+    assert assert_failed(output, 422).startswith("Invalid request: deadline: ")
+
+
+def test_expired_deadline_refuses_the_work(handler, s3):
+    key = "runpod/expired.json"
+    url = s3.presign_put(key)
+    deadline = now_ms() - 5_000
+    output = handler(job(**graph_input(signed_url=url), deadline=deadline))
+    message = assert_failed(output, 408)
+    assert message.startswith("Job deadline passed ") and "was not run" in message
+    assert output["deadline"] == deadline
+    listed = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix=key)
+    assert listed.get("KeyCount", 0) == 0  # nothing was computed, so nothing was uploaded
+
+
+def test_deadline_in_seconds_gets_a_hint(handler):
+    output = handler(job(request_type="forward-pass", prompt=PROMPT, deadline=time.time() + 60))
+    assert "looks like seconds" in assert_failed(output, 408)
+
+
+def test_upload_failure_fails_the_job_and_keeps_the_graph(handler, demo_settings):
+    url = closed_port_url() + "?X-Amz-Signature=do-not-leak"
+    output = handler(job(**graph_input(slug_identifier="spooled", signed_url=url)))
+    message = assert_failed(output, 502)
+    assert message.startswith("Failed to upload graph: ")
+    assert "do-not-leak" not in orjson.dumps(output).decode()
+    spooled = Path(demo_settings.spool_dir) / output["spool_file"]
+    assert orjson.loads(spooled.read_bytes())["metadata"]["slug"] == "spooled"
+
+
+def test_graph_too_large_for_a_job_output_fails(worker, service):
+    small = worker.make_handler(service, max_output_bytes=1_000)
+    message = assert_failed(small(job(**graph_input())), 413)
+    assert "send signed_url" in message
+
+
+def test_unexpected_error_fails_the_job_and_the_worker_keeps_working(worker, service, caplog):
+    calls = []
+
+    def flaky_service():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected fault")
+        return service
+
+    flaky = worker.make_handler(flaky_service)
+    with caplog.at_level(logging.ERROR):
+        output = flaky(job(request_type="forward-pass", prompt=PROMPT))
+    assert output == {"error": "Internal server error (RuntimeError)", "status": 500}
+    assert "injected fault" in caplog.text and "Traceback" in caplog.text
+    ok = flaky(job(request_type="forward-pass", prompt=PROMPT))
+    assert "error" not in ok and ok["input_tokens"]
+    assert not service.lock.busy
+
+
+def test_model_load_failure_fails_every_job_and_asks_for_a_new_worker(worker, tmp_path):
+    loader = worker.ServiceLoader(
+        environ={"MODEL_ID": str(tmp_path / "no-such-model"), "DEVICE": "cpu"},
+        env_file=tmp_path / "absent.env",
+    )
+    broken = worker.make_handler(loader.get)
+    first = broken(job(request_type="forward-pass", prompt=PROMPT))
+    message = assert_failed(first, 503)
+    assert message.startswith("Model could not be loaded on this worker: ")
+    assert "no-such-model" in message
+    assert first["refresh_worker"] is True  # the SDK turns this into "stop this worker"
+    assert broken(job(request_type="forward-pass", prompt=PROMPT)) == first  # not retried
+
+
+# ----------------------------------------------------- the worker under the local API
+@dataclass
+class LocalApi:
+    base: str
+    log_path: Path
+    proc: subprocess.Popen
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def worker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalApi]:
+    """`python runpod/handler.py --rp_serve_api` on the demo model, in its own process group.
+
+    Started before this module's first test, so that its start-up (imports, model load) runs
+    while the in-process tests do, instead of adding to the file's time.
+    """
+    workdir = tmp_path_factory.mktemp("runpod")
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("RUNPOD_") and k not in ("SECRET", "HF_TOKEN")
+    }
+    env.update(
+        MODEL_ID="demo",
+        DEVICE="cpu",
+        HF_HUB_OFFLINE="1",
+        SPOOL_DIR=str(workdir / "spool"),
+        MAX_FEATURE_NODES="2000",
+        PYTHONUNBUFFERED="1",
+        UVICORN_LOG_LEVEL="warning",
+    )
+    log_path = workdir / "worker.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(HANDLER_PATH),
+                "--rp_serve_api",
+                "--rp_api_host",
+                "127.0.0.1",
+                "--rp_api_port",
+                str(port),
+            ],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        yield LocalApi(f"http://127.0.0.1:{port}", log_path, proc)
+    finally:
+        stop_process_group(proc)
+
+
+@pytest.fixture(scope="module")
+def local_api(worker_process: LocalApi) -> LocalApi:
+    """The worker, once it answers: the local API has no /health, but its docs page does."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if worker_process.proc.poll() is not None:
+            code = worker_process.proc.returncode
+            pytest.fail(f"worker exited with {code}:\n{worker_process.log()[-4000:]}")
+        try:
+            if requests.get(f"{worker_process.base}/docs", timeout=1).status_code == 200:
+                return worker_process
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"worker API did not answer:\n{worker_process.log()[-4000:]}")
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the worker, then make sure nothing it started is left in its process group."""
+    pgid = proc.pid  # start_new_session made the worker its group's leader
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    pytest.fail("the worker left processes running in its group")
+
+
+def runsync(api: LocalApi, job_input: dict[str, Any]) -> dict[str, Any]:
+    res = requests.post(f"{api.base}/runsync", json={"input": job_input}, timeout=120)
+    assert res.status_code == 200, res.text
+    return res.json()
+
+
+def test_local_api_graph_upload(local_api, s3):
+    key = "runpod/local-api.json"
+    url = s3.presign_put(key, content_encoding="gzip")
+    result = runsync(
+        local_api, graph_input(slug_identifier="local-api", signed_url=url, compress=True)
+    )
+    assert result["status"] == "COMPLETED", result
+    assert result["id"].startswith("test-")
+    output = result["output"]
+    assert output["success"] == "Graph uploaded" and output["compressed"] is True
+    payload = s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+    assert output["bytes"] == len(payload)
+    assert orjson.loads(gzip.decompress(payload))["metadata"]["slug"] == "local-api"
+    # The SDK logs every handler output at its default DEBUG level: no signature may be in it.
+    signature = parse_qs(urlsplit(url).query)["X-Amz-Signature"][0]
+    assert "Handler output" in local_api.log() and signature not in local_api.log()
+
+
+def test_local_api_forward_pass_and_steer(local_api, handler):
+    body = {"request_type": "forward-pass", "prompt": PROMPT, "max_n_logits": 5}
+    result = runsync(local_api, body)
+    assert result["status"] == "COMPLETED", result
+    assert result["output"] == handler(job(**body))
+
+    result = runsync(local_api, {"request_type": "steer", **steer_input()})
+    assert result["status"] == "COMPLETED", result
+    assert result["output"] == handler(job(request_type="steer", **steer_input()))
+
+
+def test_local_api_reports_an_invalid_job_as_failed(local_api, handler):
+    body = graph_input(
+        batch_size=0, signed_url="https://example.invalid/x?X-Amz-Signature=do-not-leak"
+    )
+    result = runsync(local_api, body)
+    expected = handler(job(**body))["error"]
+    assert expected.startswith("Invalid request: batch_size: ")
+    # The SDK's local API keeps only the message: {"id", "status": "FAILED", "error"}.
+    assert result == {"id": result["id"], "status": "FAILED", "error": expected}
+    assert runsync(local_api, {"request_type": "forward-pass", "prompt": PROMPT})["status"] == (
+        "COMPLETED"
+    )
