@@ -258,6 +258,7 @@ handler: Handler = make_handler(LOADER.get)
 
 def main() -> None:
     import runpod
+
     from neuronpedia_graph.logging_setup import configure_logging
 
     # `import runpod` runs logging.basicConfig (serverless/utils/rp_upload.py); with our handler
