@@ -27,8 +27,6 @@ from neuronpedia_graph import graph_json  # noqa: E402
 from neuronpedia_graph.compression import gzip_compress  # noqa: E402
 from neuronpedia_graph.graph_json import build_graph_json  # noqa: E402
 
-SCHEMA = Path(__file__).resolve().parents[2] / "shared/contracts/neuronpedia-graph-schema.json"
-
 Masks = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 SMALL = GraphSpec(n_pos=8, n_layers=4, n_features=150, density=0.3, tail=1.0)
 MEDIUM = GraphSpec(n_pos=32, n_layers=12, n_features=2500, density=0.2, tail=1.0, seed=3)
@@ -220,12 +218,13 @@ def test_cuda_tensors_give_the_cpu_document(medium: tuple[Graph, Masks]):
     assert _ours(gpu_graph, tuple(t.cuda() for t in masks)) == expected
 
 
-def test_document_validates_against_the_web_app_schema(medium: tuple[Graph, Masks]):
-    if not SCHEMA.exists():
-        pytest.skip(f"schema not found at {SCHEMA} (shared/ is not beside the repo)")
-    jsonschema = pytest.importorskip("jsonschema")
+def test_document_validates_against_the_web_app_schema(
+    medium: tuple[Graph, Masks], graph_schema: dict
+):
+    import jsonschema
+
     graph, masks = medium
-    schema = json.loads(SCHEMA.read_text())
+    schema = graph_schema
     document = _ours(graph, masks)
     jsonschema.Draft7Validator(schema).validate(document)
     broken = dict(document, links=[{"source": "x", "target": "y"}])

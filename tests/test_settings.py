@@ -120,3 +120,14 @@ def test_env_file_bootstrap_writes_a_fresh_secret_once(tmp_path):
     other = tmp_path / "other.env"
     ensure_env_file(other, example)
     assert other.read_text() != first  # random per file
+
+
+def test_vendored_graph_schema_matches_the_web_app_contract():
+    """The copy in tests/contracts is what the contract tests use; it must not drift."""
+    import json
+
+    from tests.conftest import SCHEMA_PATH, SHARED_SCHEMA_PATH
+
+    if not SHARED_SCHEMA_PATH.is_file():
+        pytest.skip(f"no published contract beside the repo ({SHARED_SCHEMA_PATH})")
+    assert json.loads(SCHEMA_PATH.read_text()) == json.loads(SHARED_SCHEMA_PATH.read_text())
