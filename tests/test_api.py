@@ -6,7 +6,9 @@ left "busy" forever by a validation error.
 
 from __future__ import annotations
 
+import gc
 import gzip
+import os
 import threading
 
 import jsonschema
@@ -284,3 +286,29 @@ def test_concurrent_requests_one_runs_one_is_refused(app, auth):
         t.join(timeout=300)
     assert sorted(results) == [200, 503]
     assert_still_serving(app.test_client(), auth)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_repeated_graphs_and_failures_do_not_leak_memory(client, auth):
+    """Resident memory settles after warm-up; successes and failures alike give memory back."""
+
+    def round_trip():
+        assert client.post("/generate-graph", json=graph_body(), headers=auth).status_code == 200
+        res = client.post("/generate-graph", json=graph_body(prompt=" 1" * 80), headers=auth)
+        assert res.status_code == 400
+
+    for _ in range(4):
+        round_trip()
+    settled = _rss_mib()
+    for _ in range(12):
+        round_trip()
+    assert _rss_mib() - settled < 40
+    # Without a gc pass: reference counting alone must have freed every attribution graph.
+    from circuit_tracer.graph import Graph
+
+    assert not [o for o in gc.get_objects() if isinstance(o, Graph)]
