@@ -311,4 +311,4 @@ def test_repeated_graphs_and_failures_do_not_leak_memory(client, auth):
     # Without a gc pass: reference counting alone must have freed every attribution graph.
     from circuit_tracer.graph import Graph
 
-    assert not [o for o in gc.get_objects() if isinstance(o, Graph)]
+    assert not [o for o in gc.get_objects() if type(o) is Graph]
