@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,7 +25,7 @@ import orjson
 import pytest
 import requests
 
-from tests.conftest import REPO, SECRET, free_port
+from tests.conftest import REPO, SECRET, LiveServer, free_port
 from tests.fault_targets import closed_port_url
 
 HANDLER_PATH = REPO / "runpod" / "handler.py"
@@ -284,14 +283,8 @@ def test_model_load_failure_fails_every_job_and_asks_for_a_new_worker(worker, tm
 
 
 # ----------------------------------------------------- the worker under the local API
-@dataclass
-class LocalApi:
-    base: str
-    log_path: Path
-    proc: subprocess.Popen
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+# The SDK's local API is another server process of ours: same handle as the gunicorn one.
+LocalApi = LiveServer
 
 
 @pytest.fixture(scope="module", autouse=True)
