@@ -236,7 +236,8 @@ def preflight(spec: ModelSpec) -> None:
     else:
         _hub_probe(spec.model_path, "config.json", None, None)
     if spec.transcoder_is_local:
-        _read_local_config(Path(spec.transcoder_ref).expanduser())
+        directory = Path(spec.transcoder_ref).expanduser()
+        _resolve_transcoder_files(directory, _read_local_config(directory))
         return
     from circuit_tracer.utils.caching import is_cached
     from circuit_tracer.utils.hf_utils import HfUri
@@ -247,22 +248,30 @@ def preflight(spec: ModelSpec) -> None:
     _hub_probe(uri.repo_id, "config.yaml", uri.file_path, uri.revision)
 
 
+def _resolve_transcoder_files(directory: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Make relative transcoder paths absolute and check the files are there.
+
+    Relative paths make a transcoder directory relocatable (the demo ships this way).
+    """
+    paths = config.get("transcoders")
+    if paths is None:
+        return config
+    config["transcoders"] = [
+        p if str(p).startswith("hf://") or Path(p).is_absolute() else str(directory / p)
+        for p in paths
+    ]
+    absent = [
+        p for p in config["transcoders"] if not p.startswith("hf://") and not Path(p).is_file()
+    ]
+    if absent:
+        raise ModelLoadError(f"Transcoder file(s) missing: {', '.join(absent)}")
+    return config
+
+
 def _load_local_transcoders(directory: Path, settings: Settings, device, dtype) -> Any:
     from circuit_tracer.utils.hf_utils import load_transcoders
 
-    config = _read_local_config(directory)
-    paths = config.get("transcoders")
-    if paths is not None:
-        # Relative paths make a transcoder directory relocatable (the demo ships this way).
-        config["transcoders"] = [
-            p if str(p).startswith("hf://") or Path(p).is_absolute() else str(directory / p)
-            for p in paths
-        ]
-        absent = [
-            p for p in config["transcoders"] if not p.startswith("hf://") and not Path(p).is_file()
-        ]
-        if absent:
-            raise ModelLoadError(f"Transcoder file(s) missing: {', '.join(absent)}")
+    config = _resolve_transcoder_files(directory, _read_local_config(directory))
     config.setdefault("scan", directory.name)
     return load_transcoders(config, device, dtype, settings.lazy_encoder, settings.lazy_decoder)
 

@@ -8,6 +8,7 @@ HF_TOKEN is set.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -125,7 +126,6 @@ def test_demo_loads_through_the_user_code_path(demo_loaded):
 
 def test_demo_loads_from_a_custom_local_directory_copy(tmp_path):
     """A user's own model dir + transcoder dir (relative paths in config.yaml) load too."""
-    import shutil
 
     shutil.copytree(demo.MODEL_DIR, tmp_path / "model")
     shutil.copytree(demo.TRANSCODER_DIR, tmp_path / "model" / "transcoders")
@@ -183,3 +183,23 @@ def test_seed_entry_point_still_works(tmp_path):
     assert "No transcoder set is known for model 'gpt2'" in result.stderr
     help_text = _cli("neuronpedia_graph/server.py", "--help").stdout
     assert "--transcoder-set" in help_text and "--port" in help_text
+
+
+def test_transcoder_dir_with_missing_layer_files_fails_before_serving(tmp_path):
+    shutil.copy(demo.TRANSCODER_DIR / "config.yaml", tmp_path / "config.yaml")
+    spec = resolve_spec(Settings(model_id="demo", transcoder_set=str(tmp_path)))
+    with pytest.raises(ModelLoadError, match=r"Transcoder file\(s\) missing: .*layer_0"):
+        preflight(spec)
+    result = _cli(
+        "-m",
+        "neuronpedia_graph",
+        "demo",
+        "--transcoder-set",
+        str(tmp_path),
+        "--env-file",
+        str(tmp_path / "none.env"),
+        env_extra={"SECRET": "x"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and "Transcoder file(s) missing" in result.stderr
+    assert "gunicorn" not in result.stderr.lower()  # refused before any server started
