@@ -107,12 +107,12 @@ class GraphService:
 
     def tokenize(self, prompt: str) -> torch.Tensor:
         """Token ids exactly as attribution and steering see them, with exactly one BOS."""
-        from neuronpedia_graph.chat import canonical_prompt
+        from neuronpedia_graph.steering import SteerValidationError, prompt_token_ids
 
-        text = canonical_prompt(self.tokenizer, prompt)
-        if not text or not self.tokenizer(text, add_special_tokens=False).input_ids:
-            raise InvalidRequest("Prompt produced no tokens")
-        ids = self.model.ensure_tokenized(text)
+        try:
+            ids = prompt_token_ids(self.model, prompt)
+        except SteerValidationError:
+            raise InvalidRequest("Prompt produced no tokens") from None
         limit = self.settings.token_limit
         if len(ids) > limit:
             raise InvalidRequest(
