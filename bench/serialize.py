@@ -28,40 +28,18 @@ from typing import Any
 
 import torch
 from circuit_tracer.graph import Graph, prune_graph
-from circuit_tracer.utils.create_graph_files import (
-    build_model,
-    create_nodes,
-    create_used_nodes_and_edges,
-)
 
 if __package__ in (None, ""):  # run as a script: make `bench` and the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.synthetic import GraphSpec, SyntheticTokenizer, make_graph, realistic_metadata
 from neuronpedia_graph.compression import DEFLATE_BACKEND, gzip_compress
 from neuronpedia_graph.graph_json import build_graph_json
+from testkit.reference import reference_document
+from testkit.synthetic import GraphSpec, make_graph, realistic_metadata
 
 NODE_THRESHOLD = 0.8
 EDGE_THRESHOLD = 0.98
 GZIP_LEVEL = 3
-
-
-def reference_document(
-    graph: Graph,
-    node_mask: torch.Tensor,
-    edge_mask: torch.Tensor,
-    cumulative_scores: torch.Tensor,
-    *,
-    slug: str,
-    node_threshold: float = NODE_THRESHOLD,
-    tokenizer: Any = None,
-) -> dict[str, Any]:
-    """circuit-tracer's own document, as `create_graph_files` builds it (CPU tensors only)."""
-    tokenizer = tokenizer or SyntheticTokenizer()
-    nodes = create_nodes(graph, node_mask, tokenizer, cumulative_scores)
-    used_nodes, used_edges = create_used_nodes_and_edges(graph, nodes, edge_mask)
-    model = build_model(graph, used_nodes, used_edges, slug, graph.scan, node_threshold, tokenizer)
-    return model.model_dump()
 
 
 @dataclass

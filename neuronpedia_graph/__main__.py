@@ -36,7 +36,7 @@ def banner(loaded: Any, settings: Settings) -> str:
 
 def build_app(settings: Settings) -> Any:
     """Load the model and wrap it in the Flask app (runs in the serving process)."""
-    from neuronpedia_graph.app import create_app
+    from neuronpedia_graph.api import create_app
     from neuronpedia_graph.loading import load_model
     from neuronpedia_graph.service import GraphService
 

@@ -11,34 +11,19 @@ decides when the BOS text is dropped (circuit-tracer re-adds it) and when it mus
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from circuit_tracer.replacement_model.common import ensure_tokenized
-from pydantic import BaseModel, ConfigDict
 
-Role = Literal["system", "user", "assistant"]
+from neuronpedia_graph.schemas import ChatMessage, ParsedChatPrompt
 
 # Probe contents for learning a template's turn delimiters: plain letters survive `trim` and
 # similar filters, and they cannot collide with any template's own text.
 _PROBES = ("QqzxSENTINELzero", "QqzxSENTINELone", "QqzxSENTINELtwo")
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    role: Role
-    content: str
-
-
 class ChatTemplateMissing(ValueError):
     """The model's tokenizer has no chat template, so messages cannot be rendered."""
-
-
-class ParsedChatPrompt(BaseModel):
-    messages: list[ChatMessage] | None
-    is_chat: bool
-    prompt: str
-    unsteerable_positions: list[int]
 
 
 def strip_leading_bos(tokenizer: Any, text: str) -> str:

@@ -1,85 +1,49 @@
-"""gzip for large graph documents: parallel, without copying the input, length known up front.
+"""gzip for graph documents, on zlib-ng's threaded gzip writer.
 
 A 100 MB graph JSON takes about 1.5 s to deflate at level 3 on one core, as long as building
-the JSON itself. Deflate has no state beyond its 32 KiB window, so the input is cut into chunks
-that compress on separate threads (zlib releases the GIL), each primed with the 32 KiB before it
-as a preset dictionary and ended on a byte boundary with a sync flush; concatenated, they form
-one ordinary deflate stream inside a single-member gzip file, the same framing pigz uses. Any
-gzip reader (browsers, `Content-Encoding: gzip`, Python's gzip) decodes it, and the output does
-not depend on the number of threads.
-
-zlib-ng, where installed, replaces zlib: same API, levels and stream format, and about twice
-as fast at level 3 (0.75 s against 1.7 s for 85 MB here); its output bytes differ from zlib's,
-and both are valid gzip.
+the JSON itself, so large documents are compressed on several threads
+(`zlib_ng.gzip_ng_threaded`, pigz-style blocks; any gzip reader decodes the result). It replaced
+a hand-written parallel deflate after measuring the two within 10% of each other (29.7 MB of
+graph links at level 3 on this 2-core machine: 1.14-1.20 s against 1.14-1.15 s).
 """
 
 from __future__ import annotations
 
+import io
 import os
-import struct
-from concurrent.futures import ThreadPoolExecutor
 
-try:
-    from zlib_ng import zlib_ng as zlib
-except ImportError:  # optional speed-up; the standard library's zlib is always there
-    import zlib
+from zlib_ng import gzip_ng, gzip_ng_threaded
 
-DEFLATE_BACKEND: str = zlib.__name__
-
-# RFC 1952 header: deflate, no flags, mtime 0 (reproducible output), no extra flags, OS unknown.
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-_WINDOW = 1 << 15  # deflate's back-reference window: all a chunk may need from its predecessor
-_MAX_WORKERS = 8
+DEFLATE_BACKEND = "zlib-ng"
+# Below this, thread start-up costs more than it saves.
+_THREADED_FROM_BYTES = 1 << 20
+_MAX_THREADS = 8
 
 
-def gzip_compress(
-    data: bytes | bytearray | memoryview,
-    level: int = 3,
-    chunk_size: int = 1 << 20,
-    *,
-    workers: int | None = None,
-) -> bytes:
-    """Standard gzip stream (valid for Content-Encoding: gzip), compressed chunk by chunk from a
-    memoryview so no extra full copy of the input is made; returns the compressed bytes whose
-    length is known before an upload (explicit Content-Length).
+def gzip_compress(data: bytes | bytearray | memoryview, level: int = 3) -> bytes:
+    """A standard single-member gzip stream of `data`.
 
-    `workers` defaults to the CPUs this process may use (at most 8); 1 compresses inline.
+    Args:
+        data: the bytes to compress (a memoryview is not copied first).
+        level: deflate level, 1 (fastest) to 9 (smallest).
+
+    Returns:
+        The compressed bytes, whose length is known before an upload (explicit Content-Length).
     """
-    if chunk_size <= 0:
-        raise ValueError("chunk_size must be positive")
+    if not 1 <= level <= 9:
+        raise ValueError("level must be between 1 and 9")
     view = memoryview(data).cast("B")
-    size = view.nbytes
-    starts = range(0, max(size, 1), chunk_size)
-
-    def deflate(start: int) -> bytes:
-        end = min(start + chunk_size, size)
-        compressor = (
-            zlib.compressobj(
-                level, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=view[max(0, start - _WINDOW) : start]
-            )
-            if start
-            else zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
-        )
-        body = compressor.compress(view[start:end])
-        return body + compressor.flush(zlib.Z_FINISH if end >= size else zlib.Z_SYNC_FLUSH)
-
-    n_workers = min(workers or _available_cpus(), _MAX_WORKERS, len(starts))
-    pieces = [_GZIP_HEADER]
-    if n_workers <= 1:
-        pieces.extend(map(deflate, starts))
-        crc = zlib.crc32(view)
-    else:
-        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="gzip") as pool:
-            compressed = pool.map(deflate, starts)
-            crc = zlib.crc32(view)  # runs here while the workers deflate
-            pieces.extend(compressed)
-    pieces.append(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
-    return b"".join(pieces)  # one allocation of the exact size
+    if view.nbytes < _THREADED_FROM_BYTES:
+        return gzip_ng.compress(view, compresslevel=level, mtime=0)
+    out = io.BytesIO()
+    with gzip_ng_threaded.open(out, "wb", compresslevel=level, threads=_threads()) as writer:
+        writer.write(view)
+    return out.getvalue()
 
 
-def _available_cpus() -> int:
+def _threads() -> int:
     """CPUs this process may run on (cgroup/affinity aware where the OS says so)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return min(len(os.sched_getaffinity(0)), _MAX_THREADS)
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        return min(os.cpu_count() or 1, _MAX_THREADS)

@@ -29,6 +29,12 @@ class InvalidField(ServiceError):
     status = 422
 
 
+class GraphTooLarge(ServiceError):
+    """The pruned graph is over a size limit; the message names the limit and what to lower."""
+
+    status = 413
+
+
 class ServerBusy(ServiceError):
     status = 503
     retry_after_seconds = 5

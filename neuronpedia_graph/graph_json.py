@@ -26,6 +26,9 @@ import torch
 if TYPE_CHECKING:
     from circuit_tracer.graph import Graph
 
+    from neuronpedia_graph.loading import ModelSpec
+    from neuronpedia_graph.schemas import GraphRequest
+
 # circuit-tracer's build_model defaults: nothing pinned, no supernodes, nothing clicked.
 _QPARAMS = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
 # Cells of the N×N edge mask read per step: bounds device/host temporaries (2 MiB of bools).
@@ -35,6 +38,94 @@ _MASK_CELLS_PER_STEP = 1 << 21
 _LINKS_PER_STEP = 1 << 13
 _EMBEDDING = "embedding"
 _LOGIT = "logit"
+_GENERATOR = {
+    "name": "neuronpedia-graph (circuit-tracer)",
+    "url": "https://github.com/safety-research/circuit-tracer",
+}
+
+
+def graph_metadata(
+    request: GraphRequest,
+    spec: ModelSpec,
+    *,
+    prompt: str,
+    tokens: list[str],
+    generator_version: str,
+    create_time_ms: int,
+) -> dict[str, Any]:
+    """The document's "metadata" object, as the web app reads it.
+
+    Args:
+        request: the validated graph request (settings are echoed back).
+        spec: the loaded model; its `scan` is the Neuronpedia model id the web app files the
+            graph under, so it must be that id, never a transcoder repository path.
+        prompt: the prompt as circuit-tracer decodes the input ids (BOS text included), which
+            is what the original server wrote.
+        tokens: each input token decoded on its own, BOS first.
+        generator_version: the circuit-tracer version.
+        create_time_ms: creation time, milliseconds since the epoch.
+
+    Returns:
+        The metadata mapping.
+    """
+    metadata: dict[str, Any] = {
+        "slug": request.slug_identifier,
+        "scan": spec.scan,
+        "transcoder_list": [],
+        "prompt_tokens": tokens,
+        "prompt": prompt,
+        "node_threshold": request.node_threshold,
+        "schema_version": 1,
+        "info": {
+            "creator_name": request.user_id or "Anonymous (CT)",
+            "creator_url": "https://neuronpedia.org",
+            "source_urls": list(spec.source_urls),
+            "transcoder_set": spec.transcoder_ref if not spec.transcoder_is_local else "local",
+            "generator": {**_GENERATOR, "version": generator_version},
+            "create_time_ms": create_time_ms,
+        },
+        "generation_settings": {
+            "max_n_logits": request.max_n_logits,
+            "desired_logit_prob": request.desired_logit_prob,
+            "batch_size": request.batch_size,
+            "max_feature_nodes": request.max_feature_nodes,
+        },
+        "pruning_settings": {
+            "node_threshold": request.node_threshold,
+            "edge_threshold": request.edge_threshold,
+        },
+    }
+    if spec.neuronpedia_source_set:
+        metadata["feature_details"] = {"neuronpedia_source_set": spec.neuronpedia_source_set}
+    return metadata
+
+
+def count_links(edge_mask: torch.Tensor, node_mask: torch.Tensor) -> int:
+    """How many links the document will hold: kept edges between kept nodes.
+
+    Counted before serializing, on the masks' device, so an oversized graph is refused
+    before any memory is spent on its JSON.
+    """
+    kept = node_mask.nonzero().flatten().to(edge_mask.device)
+    rows_per_step = max(1, _MASK_CELLS_PER_STEP // max(1, edge_mask.shape[1]))
+    total = 0
+    for start in range(0, kept.numel(), rows_per_step):
+        block = edge_mask.index_select(0, kept[start : start + rows_per_step])
+        total += int(block.index_select(1, kept).sum())
+    return total
+
+
+# A link takes at least this many bytes ('{"source":"0_0_0","target":"0_0_1","weight":0.1},').
+_MIN_LINK_BYTES = 48
+
+
+def min_json_bytes(n_links: int) -> int:
+    """A lower bound on the document's size, known before it is written.
+
+    Used to refuse a graph that cannot fit a byte limit without spending memory on it; one that
+    passes is measured exactly once written.
+    """
+    return _MIN_LINK_BYTES * n_links
 
 
 def build_graph_json(

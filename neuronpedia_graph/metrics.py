@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask import Flask
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -36,6 +37,9 @@ class Metrics:
             "npg_uploads_total", "Graph uploads by outcome", ["outcome"], registry=self.registry
         )
         self.busy = Gauge("npg_busy", "1 while the model is in use", registry=self.registry)
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions["npg_metrics"] = self
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,65 +1,186 @@
-"""Request and response models for every endpoint, with the bounds the service enforces.
+"""Request and response models for every operation, and the one place requests are validated.
 
 Requests are validated in strict mode: a JSON API that silently turns "48" into 48 or 1 into
-True hides client bugs, so wrong types are rejected with the field named.
+True hides client bugs, so wrong types are rejected with the field named. (An integral float such
+as 5000.0 is accepted for an integer field, since JavaScript clients cannot tell them apart.)
+
+Server limits (token limits, the feature-node cap, layer and index bounds) depend on the loaded
+model, so they come in through pydantic's validation context (`RequestContext`). Validating with
+a context also tokenizes the prompt once and keeps the result on the request (`encoded`), so no
+later step tokenizes or checks again. This module imports no ML code: the context carries a
+`PromptEncoder`, implemented next to the model (`neuronpedia_graph.prompting`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from neuronpedia_graph.chat import ChatMessage
 from neuronpedia_graph.errors import InvalidField, InvalidRequest
 
 MAX_PROMPT_CHARS = 10_000
-SLUG_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-
-Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
-Probability = Annotated[float, Field(gt=0, le=1)]
+# Slugs become part of spool file names, which upload.py shortens to stay under NAME_MAX.
+SLUG_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,1024}$")
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+def _integral_float(value: Any) -> Any:
+    """5000.0 -> 5000: JSON from JavaScript cannot tell integers from integral floats."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral_float)]
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+Probability = Annotated[float, Field(gt=0, le=1)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+ModelId = Annotated[str, Field(min_length=1, max_length=256)]
+# Sane ranges for steering numbers: beyond them float32 logits overflow to inf or NaN.
+Delta = Annotated[float, Field(ge=-10_000, le=10_000, allow_inf_nan=False)]
+FreqPenalty = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
+MIN_TEMPERATURE = 1e-3
+Temperature = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+
+
+# ---------------------------------------------------------------------------- context
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A prompt as the model sees it.
+
+    Attributes:
+        text: the canonical prompt text (chat messages rendered with the model's template).
+        ids: token ids by position, as attribution and steering see them (BOS at 0).
+        content_tokens: tokens not counting the BOS that circuit-tracer prepends.
+        unsteerable: positions steering must not touch (the BOS positions).
+    """
+
+    text: str
+    ids: list[int]
+    content_tokens: int
+    unsteerable: frozenset[int] = frozenset()
+
+
+class PromptEncoder(Protocol):
+    """Renders and tokenizes prompts for one loaded model (see neuronpedia_graph.prompting)."""
+
+    def render(self, messages: list[ChatMessage]) -> str: ...
+
+    def encode(self, text: str) -> EncodedPrompt: ...
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What validation needs to know about the server and its model."""
+
+    prompts: PromptEncoder
+    model_id: str
+    model_ids: frozenset[str]
+    token_limit: int
+    forward_pass_token_limit: int
+    max_feature_nodes: int
+    n_layers: int
+    d_transcoder: int
+
+
+def _context(info: ValidationInfo) -> RequestContext | None:
+    return info.context if isinstance(info.context, RequestContext) else None
+
+
+def _check_model(model_id: str | None, context: RequestContext) -> None:
+    if model_id is not None and model_id not in context.model_ids:
+        raise InvalidRequest(
+            f"Model '{model_id}' is not available. Only '{context.model_id}' is currently loaded."
+        )
+
+
+# ---------------------------------------------------------------------------- requests
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
+class ChatMessage(_Request):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class PromptOrMessages(_Request):
-    """Exactly one of a raw prompt or chat messages (rendered with the model's chat template)."""
+    """Exactly one of a raw prompt or chat messages (rendered with the model's chat template).
+
+    Validated with a `RequestContext`, the prompt is rendered, tokenized and checked against
+    the token limit named by `token_limit_setting`; the result is `encoded`.
+    """
+
+    token_limit_setting: ClassVar[str] = "token_limit"
 
     prompt: Prompt | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)] | None = None
+    _encoded: EncodedPrompt | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> PromptOrMessages:
+    def _exactly_one(self, info: ValidationInfo) -> PromptOrMessages:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' or 'messages'")
         if self.messages is not None:
             total = sum(len(m.content) for m in self.messages)
             if total > MAX_PROMPT_CHARS:
                 raise ValueError(f"messages are too long ({total} > {MAX_PROMPT_CHARS} characters)")
+        context = _context(info)
+        if context is not None:
+            _check_model(getattr(self, "model_id", None), context)
+            self._encoded = self._encode(context)
         return self
+
+    def _encode(self, context: RequestContext) -> EncodedPrompt:
+        if self.prompt is not None:
+            text = self.prompt
+        else:
+            text = context.prompts.render(self.messages or [])
+        encoded = context.prompts.encode(text)
+        if encoded.content_tokens == 0:
+            raise InvalidRequest("Prompt produced no tokens")
+        limit = getattr(context, self.token_limit_setting)
+        if encoded.content_tokens > limit:
+            raise InvalidRequest(
+                f"Prompt exceeds token limit ({encoded.content_tokens} > {limit} tokens, not "
+                "counting the BOS token)",
+                token_count=encoded.content_tokens,
+                token_limit=limit,
+            )
+        return encoded
+
+    @property
+    def encoded(self) -> EncodedPrompt:
+        """The validated prompt; only requests validated with a RequestContext have one."""
+        if self._encoded is None:
+            raise RuntimeError(f"{type(self).__name__} was validated without a RequestContext")
+        return self._encoded
 
 
 class GraphRequest(PromptOrMessages):
-    model_id: Annotated[str, Field(min_length=1, max_length=256)]
+    model_id: ModelId
     slug_identifier: str
-    batch_size: Annotated[int, Field(ge=1, le=1024)] = 48
-    max_n_logits: Annotated[int, Field(ge=1, le=50)] = 10
+    batch_size: Annotated[Int, Field(ge=1, le=1024)] = 48
+    max_n_logits: Annotated[Int, Field(ge=1, le=50)] = 10
     desired_logit_prob: Probability = 0.95
     node_threshold: Probability = 0.8
     edge_threshold: Probability = 0.98
-    max_feature_nodes: Annotated[int, Field(ge=1)] = 5000
+    max_feature_nodes: Annotated[Int, Field(ge=1)] = 5000
     signed_url: Annotated[str, Field(max_length=8192)] | None = None
     compress: bool = False
     user_id: Annotated[str, Field(max_length=256)] | None = None
@@ -68,7 +189,7 @@ class GraphRequest(PromptOrMessages):
     @classmethod
     def _slug(cls, value: str) -> str:
         if not SLUG_PATTERN.match(value):
-            raise ValueError("must be 1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-'")
+            raise ValueError("must be 1-1024 characters of A-Z, a-z, 0-9, '.', '_' or '-'")
         return value
 
     @field_validator("signed_url")
@@ -82,17 +203,104 @@ class GraphRequest(PromptOrMessages):
             raise ValueError("must be an http(s) URL")
         return value
 
+    @model_validator(mode="after")
+    def _feature_node_cap(self, info: ValidationInfo) -> GraphRequest:
+        context = _context(info)
+        if context is None:
+            return self
+        cap = context.max_feature_nodes
+        if "max_feature_nodes" not in self.model_fields_set:
+            # The default must work on a server configured with a lower cap.
+            self.max_feature_nodes = min(self.max_feature_nodes, cap)
+        elif self.max_feature_nodes > cap:
+            raise InvalidField(
+                f"max_feature_nodes: must be at most {cap} on this server "
+                f"(got {self.max_feature_nodes})",
+                fields=["max_feature_nodes"],
+            )
+        return self
+
 
 class ForwardPassRequest(PromptOrMessages):
-    model_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
-    max_n_logits: Annotated[int, Field(ge=1, le=50)] = 10
+    # The web app counts tokens with this endpoint and shows "Prompt Too Long" itself, so it
+    # has its own, much larger bound instead of TOKEN_LIMIT.
+    token_limit_setting: ClassVar[str] = "forward_pass_token_limit"
+
+    model_id: ModelId | None = None
+    max_n_logits: Annotated[Int, Field(ge=1, le=50)] = 10
     desired_logit_prob: Probability = 0.95
 
 
 class ParseChatPromptRequest(_Request):
     prompt: Prompt
+    model_id: ModelId | None = None
+
+    @model_validator(mode="after")
+    def _model(self, info: ValidationInfo) -> ParseChatPromptRequest:
+        context = _context(info)
+        if context is not None:
+            _check_model(self.model_id, context)
+        return self
 
 
+class SteerFeature(_Request):
+    layer: Int
+    index: Int
+    token_active_position: Int
+    steer_position: Int | None = None
+    steer_generated_tokens: bool = False
+    delta: Delta | None = None
+    ablate: bool = False
+
+    def problem(self, context: RequestContext | None, n_prompt: int | None) -> str | None:
+        """Why this feature cannot be applied, or None. Bounds need the server's context."""
+        if self.ablate == (self.delta is not None):
+            return "give exactly one of ablate=true or a delta"
+        if self.steer_generated_tokens == (self.steer_position is not None):
+            return "give exactly one of steer_position or steer_generated_tokens=true"
+        if context is None or n_prompt is None:
+            return None
+        if not 0 <= self.layer < context.n_layers:
+            return f"layer {self.layer} is outside [0, {context.n_layers})"
+        if not 0 <= self.index < context.d_transcoder:
+            return f"index {self.index} is outside [0, {context.d_transcoder})"
+        where = f"the prompt's {n_prompt} token positions [0, {n_prompt}) (BOS is position 0)"
+        if not 0 <= self.token_active_position < n_prompt:
+            return f"token_active_position {self.token_active_position} is outside {where}"
+        if self.steer_position is not None and not 0 <= self.steer_position < n_prompt:
+            return f"steer_position {self.steer_position} is outside {where}"
+        return None
+
+
+class SteerRequest(PromptOrMessages):
+    model_id: ModelId
+    features: Annotated[list[SteerFeature], Field(max_length=1024)]
+    n_tokens: Annotated[Int, Field(ge=1, le=256)] = 10
+    top_k: Annotated[Int, Field(ge=0, le=20)] = 5
+    temperature: Temperature = 0.0
+    freq_penalty: FreqPenalty = 0.0
+    seed: Annotated[Int, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1])] | None = None
+    freeze_attention: bool = False
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float) -> float:
+        if 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return value
+
+    @model_validator(mode="after")
+    def _features(self, info: ValidationInfo) -> SteerRequest:
+        context = _context(info)
+        n_prompt = len(self._encoded.ids) if self._encoded is not None else None
+        for i, feature in enumerate(self.features):
+            problem = feature.problem(context, n_prompt)
+            if problem:
+                raise InvalidRequest(f"features[{i}]: {problem}")
+        return self
+
+
+# --------------------------------------------------------------------------- responses
 class SalientLogit(BaseModel):
     token: str
     token_id: int
@@ -105,6 +313,52 @@ class ForwardPassResponse(BaseModel):
     salient_logits: list[SalientLogit]
     total_salient_tokens: int
     cumulative_probability: float
+
+
+class TopLogit(BaseModel):
+    token: str
+    prob: float
+
+
+class TokenLogits(BaseModel):
+    token: str
+    top_logits: list[TopLogit]
+
+
+class IgnoredFeature(BaseModel):
+    """A requested feature that was not applied, and why (e.g. it targets the BOS)."""
+
+    index_in_request: int
+    layer: int
+    index: int
+    position: int
+    reason: str
+
+
+class SteerResponse(BaseModel):
+    """Both runs, token by token.
+
+    *_GENERATION: the prompt exactly as sent, followed by the continuation (as the original
+    Neuronpedia server did). *_LOGITS_BY_TOKEN: one entry per position, BOS first, so the list
+    index is the steering position; prompt + generated tokens. The entry at position i holds the
+    model's top_k next-token distribution *after* token i: empty for prompt positions before the
+    last, and present for the last prompt token and every generated token (the final entry's is
+    computed with one extra forward pass). Probabilities are the (steered) model's own softmax,
+    before temperature and frequency penalty, so runs with different sampling compare directly.
+    """
+
+    DEFAULT_GENERATION: str
+    STEERED_GENERATION: str
+    DEFAULT_LOGITS_BY_TOKEN: list[TokenLogits]
+    STEERED_LOGITS_BY_TOKEN: list[TokenLogits]
+    ignored_features: list[IgnoredFeature] = Field(default_factory=list)
+
+
+class ParsedChatPrompt(BaseModel):
+    messages: list[ChatMessage] | None
+    is_chat: bool
+    prompt: str
+    unsteerable_positions: list[int]
 
 
 class UploadResponse(BaseModel):
@@ -132,20 +386,20 @@ class HealthResponse(BaseModel):
     uptime_seconds: float
     busy: bool
     token_limit: int
+    forward_pass_token_limit: int
     max_feature_nodes: int
 
 
 class ErrorResponse(BaseModel):
+    """Every error reply: a clear message, plus fields that help a client react."""
+
+    model_config = ConfigDict(extra="allow")
+
     error: str
     request_id: str | None = None
 
 
-class SteerEnvelope(PromptOrMessages):
-    """The transport part of a steer request; the steering fields live in steering.SteerRequest."""
-
-    model_id: Annotated[str, Field(min_length=1, max_length=256)]
-
-
+# -------------------------------------------------------------------------- validation
 def describe_validation_error(exc: ValidationError) -> str:
     """'field: message; other.field: message' — names every offending field for the client."""
     parts = []
@@ -156,12 +410,27 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_request(model_cls: type[ModelT], data: Any) -> ModelT:
-    """Validate a decoded JSON body; raises InvalidRequest (not an object) or InvalidField."""
+def parse_request(
+    model_cls: type[ModelT], data: Any, context: RequestContext | None = None
+) -> ModelT:
+    """Validate a decoded JSON body, once, against the server's limits when `context` is given.
+
+    Args:
+        model_cls: the request model.
+        data: the decoded JSON body.
+        context: the server's limits and prompt encoder; None checks the shape only.
+
+    Returns:
+        The validated request.
+
+    Raises:
+        InvalidRequest: not a JSON object, or a limit the model imposes (400).
+        InvalidField: a field is missing, of the wrong type or out of bounds (422).
+    """
     if not isinstance(data, dict):
         raise InvalidRequest("Request body must be a JSON object")
     try:
-        return model_cls.model_validate(data)
+        return model_cls.model_validate(data, context=context)
     except ValidationError as exc:
         raise InvalidField(
             f"Invalid request: {describe_validation_error(exc)}",

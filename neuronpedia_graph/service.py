@@ -1,9 +1,11 @@
-"""The work behind every endpoint: graphs, forward passes, steering. Used by HTTP and Runpod.
+"""The work behind every operation: graphs, forward passes, steering, chat parsing.
 
-Everything here is transport-free: it takes validated request models, raises
-``neuronpedia_graph.errors`` exceptions, and returns plain results. The model lock is held
-only while the model is in use; compression and upload run after it is released so the
-next graph can start while this one is still travelling to S3.
+Transport-free: the HTTP routes and the Runpod worker both call `GraphService.run` with an
+entry of the operations table and a decoded JSON body. The body is validated once, against
+this model's limits (`context`), then handed to the operation's method as a typed request.
+Errors are `neuronpedia_graph.errors` exceptions. The model lock is held only while the model
+is in use: compression and upload (`deliver_graph`) run after it is released, so the next graph
+can start while this one is still travelling to S3.
 """
 
 from __future__ import annotations
@@ -17,26 +19,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from circuit_tracer import attribute
+from circuit_tracer.attribution.targets import AttributionTargets
+from circuit_tracer.graph import Graph
+from pydantic import BaseModel
 
-from neuronpedia_graph import __version__
-from neuronpedia_graph.errors import InvalidField, InvalidRequest, UploadFailed
+from neuronpedia_graph import __version__, graph_json
+from neuronpedia_graph.chat import parse_chat_prompt
+from neuronpedia_graph.compression import gzip_compress
+from neuronpedia_graph.errors import GraphTooLarge, UploadFailed
 from neuronpedia_graph.loading import LoadedModel, circuit_tracer_version
 from neuronpedia_graph.model_lock import ModelLock
+from neuronpedia_graph.operations import Operation
+from neuronpedia_graph.prompting import ModelPrompts
 from neuronpedia_graph.schemas import (
     ForwardPassRequest,
     ForwardPassResponse,
     GraphRequest,
-    PromptOrMessages,
+    HealthResponse,
+    ParseChatPromptRequest,
+    ParsedChatPrompt,
+    RequestContext,
     SalientLogit,
+    SteerRequest,
+    SteerResponse,
+    UploadResponse,
+    parse_request,
 )
 from neuronpedia_graph.settings import Settings
+from neuronpedia_graph.steering import steer
+from neuronpedia_graph.upload import UploadError, UploadPolicy, put_graph, spool_graph
 
 logger = logging.getLogger(__name__)
-
-GENERATOR = {
-    "name": "neuronpedia-graph (circuit-tracer)",
-    "url": "https://github.com/safety-research/circuit-tracer",
-}
 
 
 @dataclass
@@ -59,73 +73,80 @@ class Timings:
 
 @dataclass
 class GraphResult:
-    """Either the graph document (direct mode) or where it was uploaded."""
+    """A finished graph: the document itself (direct mode) or where it was uploaded."""
 
-    timings: Timings
     json_bytes: int
-    body: bytes | None = None
-    upload: Any = None  # neuronpedia_graph.upload.UploadResult
-    nodes: int = 0
-    links: int = 0
+    nodes: int
+    links: int
+    document: bytes | None = None
+    upload: UploadResponse | None = None
+
+
+@dataclass
+class StagedGraph:
+    """A graph document computed while the model was held, waiting to be delivered."""
+
+    body: bytes
+    nodes: int
+    links: int
+
+
+@dataclass
+class Outcome:
+    """What an operation produced, and how long each phase took (HTTP's Server-Timing)."""
+
+    value: BaseModel | GraphResult
+    timings: Timings
 
 
 class GraphService:
+    """One loaded model and the operations on it (see `neuronpedia_graph.operations`)."""
+
     def __init__(self, loaded: LoadedModel, settings: Settings) -> None:
         self.loaded = loaded
         self.settings = settings
         self.lock = ModelLock()
         self.started_at = time.time()
         self.ct_version = circuit_tracer_version()
-
-    # ----------------------------------------------------------------- helpers
-    @property
-    def model(self) -> Any:
-        return self.loaded.model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.loaded.tokenizer
-
-    def check_model_id(self, model_id: str | None) -> None:
-        if model_id is None or self.loaded.accepts(model_id):
-            return
-        raise InvalidRequest(
-            f"Model '{model_id}' is not available. Only '{self.loaded.spec.model_id}' is "
-            "currently loaded."
+        self.context = RequestContext(
+            prompts=ModelPrompts(loaded.model),
+            model_id=loaded.spec.model_id,
+            model_ids=loaded.spec.accepted_ids,
+            token_limit=settings.token_limit,
+            forward_pass_token_limit=settings.forward_pass_token_limit,
+            max_feature_nodes=settings.max_feature_nodes,
+            n_layers=loaded.n_layers,
+            d_transcoder=loaded.d_transcoder,
         )
 
-    def prompt_text(self, request: PromptOrMessages) -> str:
-        """The text attribution sees: the raw prompt or the chat-rendered messages."""
-        if request.prompt is not None:
-            return request.prompt
-        from neuronpedia_graph.chat import ChatTemplateMissing, render_chat
+    # ---------------------------------------------------------------- dispatch
+    def run(self, op: Operation, body: Any, *, lock_timeout: float | None = None) -> Outcome:
+        """Validate `body` for `op` and do it.
 
-        try:
-            return render_chat(self.tokenizer, request.messages or [])
-        except ChatTemplateMissing as exc:
-            raise InvalidRequest(str(exc)) from exc
+        Every operation method takes the validated request and the request's `Timings`.
 
-    def tokenize(self, prompt: str) -> torch.Tensor:
-        """Token ids exactly as attribution and steering see them, with exactly one BOS."""
-        from neuronpedia_graph.steering import SteerValidationError, prompt_token_ids
+        Args:
+            op: the operation.
+            body: the decoded JSON body.
+            lock_timeout: seconds to wait for a busy model; None answers busy (503) at once.
 
-        try:
-            ids = prompt_token_ids(self.model, prompt)
-        except SteerValidationError:
-            raise InvalidRequest("Prompt produced no tokens") from None
-        limit = self.settings.token_limit
-        if len(ids) > limit:
-            raise InvalidRequest(
-                f"Prompt exceeds token limit ({len(ids)} > {limit}); the count includes the "
-                "BOS token that attribution prepends",
-                token_count=len(ids),
-                token_limit=limit,
-            )
-        return ids
-
-    def decode_each(self, ids: torch.Tensor | list[int]) -> list[str]:
-        values = ids.tolist() if isinstance(ids, torch.Tensor) else ids
-        return [self.tokenizer.decode([i]) for i in values]
+        Returns:
+            The outcome: an `op.response` model, or a `GraphResult` for graphs.
+        """
+        timings = Timings()
+        with timings.phase("tokenize"):  # validation renders and tokenizes the prompt
+            request = parse_request(op.request, body, self.context)
+        method = getattr(self, op.method)
+        if not op.needs_lock:
+            return Outcome(method(request, timings), timings)
+        with self.lock.hold(lock_timeout):
+            try:
+                value = method(request, timings)
+            finally:
+                self.free_memory()
+        if op.finish:
+            value = getattr(self, op.finish)(request, value, timings)
+        return Outcome(value, timings)
 
     def free_memory(self) -> None:
         """Give attribution's large accelerator temporaries back before the next request.
@@ -138,106 +159,37 @@ class GraphService:
             gc.collect()
             torch.cuda.empty_cache()
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> HealthResponse:
         spec = self.loaded.spec
-        return {
-            "model_id": spec.model_id,
-            "neuronpedia_id": spec.neuronpedia_id,
-            "scan": spec.scan,
-            "transcoder_set": spec.transcoder_ref if not spec.transcoder_is_local else "local",
-            "backend": spec.backend,
-            "device": str(self.loaded.device),
-            "dtype": str(self.loaded.dtype).removeprefix("torch."),
-            "circuit_tracer_version": self.ct_version,
-            "version": __version__,
-            "uptime_seconds": round(time.time() - self.started_at, 3),
-            "busy": self.lock.busy,
-            "token_limit": self.settings.token_limit,
-            "max_feature_nodes": self.settings.max_feature_nodes,
-        }
+        return HealthResponse(
+            model_id=spec.model_id,
+            neuronpedia_id=spec.neuronpedia_id,
+            scan=spec.scan,
+            transcoder_set=spec.transcoder_ref if not spec.transcoder_is_local else "local",
+            backend=spec.backend,
+            device=str(self.loaded.device),
+            dtype=str(self.loaded.dtype).removeprefix("torch."),
+            circuit_tracer_version=self.ct_version,
+            version=__version__,
+            uptime_seconds=round(time.time() - self.started_at, 3),
+            busy=self.lock.busy,
+            token_limit=self.settings.token_limit,
+            forward_pass_token_limit=self.settings.forward_pass_token_limit,
+            max_feature_nodes=self.settings.max_feature_nodes,
+        )
+
+    def decode_each(self, ids: list[int]) -> list[str]:
+        return [self.loaded.tokenizer.decode([i]) for i in ids]
 
     # ------------------------------------------------------------------ graphs
-    def graph_metadata(self, request: GraphRequest, prompt: str, tokens: list[str]) -> dict:
-        spec = self.loaded.spec
-        metadata: dict[str, Any] = {
-            "slug": request.slug_identifier,
-            "scan": spec.scan,
-            "transcoder_list": [],
-            "prompt_tokens": tokens,
-            "prompt": prompt,
-            "node_threshold": request.node_threshold,
-            "schema_version": 1,
-            "info": {
-                "creator_name": request.user_id or "Anonymous (CT)",
-                "creator_url": "https://neuronpedia.org",
-                "source_urls": list(spec.source_urls),
-                "generator": {**GENERATOR, "version": self.ct_version},
-                "create_time_ms": int(time.time() * 1000),
-            },
-            "generation_settings": {
-                "max_n_logits": request.max_n_logits,
-                "desired_logit_prob": request.desired_logit_prob,
-                "batch_size": request.batch_size,
-                "max_feature_nodes": request.max_feature_nodes,
-            },
-            "pruning_settings": {
-                "node_threshold": request.node_threshold,
-                "edge_threshold": request.edge_threshold,
-            },
-        }
-        if spec.neuronpedia_source_set:
-            metadata["feature_details"] = {"neuronpedia_source_set": spec.neuronpedia_source_set}
-        return metadata
-
-    def generate_graph(
-        self, request: GraphRequest, lock_timeout: float | None = None
-    ) -> GraphResult:
-        self.check_model_id(request.model_id)
-        cap = self.settings.max_feature_nodes
-        if "max_feature_nodes" not in request.model_fields_set:
-            # The default must work on a server configured with a lower cap.
-            request = request.model_copy(
-                update={"max_feature_nodes": min(request.max_feature_nodes, cap)}
-            )
-        elif request.max_feature_nodes > cap:
-            raise InvalidField(
-                f"max_feature_nodes: must be at most {cap} on this server "
-                f"(got {request.max_feature_nodes})",
-                fields=["max_feature_nodes"],
-            )
-        prompt = self.prompt_text(request)
-        timings = Timings()
-        with self.lock.hold(lock_timeout):
-            try:
-                body = self._attribute_to_json(request, prompt, timings)
-            finally:
-                self.free_memory()
-        result = GraphResult(timings=timings, json_bytes=len(body))
-        if request.signed_url is None:
-            result.body = body
-        else:
-            result.upload = self._upload(request, body, timings)
-        logger.info(
-            "graph slug=%s json_bytes=%d %s",
-            request.slug_identifier,
-            len(body),
-            " ".join(f"{k}_ms={v:.1f}" for k, v in timings.phases.items()),
-        )
-        return result
-
-    def _attribute_to_json(self, request: GraphRequest, prompt: str, timings: Timings) -> bytes:
-        from circuit_tracer import attribute
-        from circuit_tracer.graph import prune_graph
-
-        from neuronpedia_graph.graph_json import build_graph_json
-
-        with timings.phase("tokenize"):
-            ids = self.tokenize(prompt)
-            tokens = self.decode_each(ids)
+    def attribute_graph(self, request: GraphRequest, timings: Timings) -> StagedGraph:
+        """Attribution, pruning and the JSON document (the model is held)."""
+        model = self.loaded.model
+        ids = model.ensure_tokenized(list(request.encoded.ids))
         with timings.phase("attribute"):
             graph = attribute(
                 ids,
-                self.model,
+                model,
                 max_n_logits=request.max_n_logits,
                 desired_logit_prob=request.desired_logit_prob,
                 batch_size=request.batch_size,
@@ -246,31 +198,90 @@ class GraphService:
             )
         with timings.phase("prune"):
             graph.to(self.loaded.device)
-            node_mask, edge_mask, scores = prune_graph(
-                graph, request.node_threshold, request.edge_threshold
-            )
+            node_mask, edge_mask, scores = self._prune(graph, request)
+        n_links = graph_json.count_links(edge_mask, node_mask)
+        self._check_size(request, n_links=n_links)
         with timings.phase("build_json"):
-            metadata = self.graph_metadata(request, prompt, tokens)
-            body = build_graph_json(graph, node_mask, edge_mask, scores, metadata=metadata)
+            metadata = graph_json.graph_metadata(
+                request,
+                self.loaded.spec,
+                prompt=self.loaded.tokenizer.decode(request.encoded.ids),
+                tokens=self.decode_each(request.encoded.ids),
+                generator_version=self.ct_version,
+                create_time_ms=int(time.time() * 1000),
+            )
+            body = graph_json.build_graph_json(
+                graph, node_mask, edge_mask, scores, metadata=metadata
+            )
+        n_nodes = int(node_mask.sum())
         del graph, node_mask, edge_mask, scores
-        return body
+        self._check_size(request, n_links=n_links, n_bytes=len(body))
+        return StagedGraph(body=body, nodes=n_nodes, links=n_links)
 
-    def _upload(self, request: GraphRequest, body: bytes, timings: Timings) -> Any:
-        from neuronpedia_graph.compression import gzip_compress
-        from neuronpedia_graph.upload import UploadError, UploadPolicy, put_graph, spool_graph
+    def _prune(self, graph: Graph, request: GraphRequest) -> tuple[torch.Tensor, ...]:
+        if self.settings.prune == "lean":
+            from neuronpedia_graph.prune import prune_graph
+        else:
+            from circuit_tracer.graph import prune_graph
+        return prune_graph(graph, request.node_threshold, request.edge_threshold)
 
+    def _check_size(
+        self, request: GraphRequest, *, n_links: int, n_bytes: int | None = None
+    ) -> None:
+        """Refuse graphs over MAX_GRAPH_LINKS, or over MAX_GRAPH_BYTES for a direct reply."""
+        hint = (
+            "lower node_threshold or edge_threshold, or max_feature_nodes (now "
+            f"node_threshold={request.node_threshold}, edge_threshold={request.edge_threshold}, "
+            f"max_feature_nodes={request.max_feature_nodes})"
+        )
+        limit = self.settings.max_graph_links
+        if n_links > limit:
+            raise GraphTooLarge(
+                f"Graph too large: {n_links} links exceed MAX_GRAPH_LINKS={limit}; {hint}",
+                links=n_links,
+                max_graph_links=limit,
+            )
+        if request.signed_url is not None:
+            return
+        limit = self.settings.max_graph_bytes
+        size = n_bytes if n_bytes is not None else graph_json.min_json_bytes(n_links)
+        if size > limit:
+            raise GraphTooLarge(
+                f"Graph too large: {'' if n_bytes else 'at least '}{size} bytes of JSON exceed "
+                f"MAX_GRAPH_BYTES={limit} for a direct reply; send signed_url to have it "
+                f"uploaded, or {hint}",
+                json_bytes=size,
+                max_graph_bytes=limit,
+            )
+
+    def deliver_graph(
+        self, request: GraphRequest, staged: StagedGraph, timings: Timings
+    ) -> GraphResult:
+        """Return the document, or compress and upload it (the model is free again)."""
+        body, n_nodes, n_links = staged.body, staged.nodes, staged.links
+        result = GraphResult(json_bytes=len(body), nodes=n_nodes, links=n_links)
+        if request.signed_url is None:
+            result.document = body
+        else:
+            result.upload = self._upload(request, body, timings)
+        logger.info(
+            "graph slug=%s json_bytes=%d nodes=%d links=%d %s",
+            request.slug_identifier,
+            len(body),
+            n_nodes,
+            n_links,
+            " ".join(f"{k}_ms={v:.1f}" for k, v in timings.phases.items()),
+        )
+        return result
+
+    def _upload(self, request: GraphRequest, body: bytes, timings: Timings) -> UploadResponse:
         if request.compress:
             with timings.phase("compress"):
                 body = gzip_compress(body, level=self.settings.gzip_level)
-        policy = UploadPolicy(
-            connect_timeout=self.settings.upload_connect_timeout,
-            read_timeout=self.settings.upload_read_timeout,
-            retries=self.settings.upload_retries,
-            backoff_factor=self.settings.upload_backoff,
-        )
+        policy = UploadPolicy.from_settings(self.settings)
         try:
             with timings.phase("upload"):
-                return put_graph(
+                done = put_graph(
                     request.signed_url or "", body, compressed=request.compress, policy=policy
                 )
         except UploadError as exc:
@@ -287,72 +298,42 @@ class GraphService:
                 upload_status=exc.status,
                 upload_code=exc.code,
             ) from exc
+        return UploadResponse(url=done.url, bytes=done.bytes, compressed=done.compressed)
 
     # ------------------------------------------------------------ forward pass
-    def forward_pass(
-        self, request: ForwardPassRequest, lock_timeout: float | None = None
-    ) -> ForwardPassResponse:
-        from circuit_tracer.attribution.targets import AttributionTargets
-
-        self.check_model_id(request.model_id)
-        prompt = self.prompt_text(request)
-        with self.lock.hold(lock_timeout):
-            try:
-                ids = self.tokenize(prompt)
-                with torch.inference_mode():
-                    logits, _ = self.model.get_activations(ids, sparse=True)
-                    targets = AttributionTargets(
-                        None,
-                        logits=logits[0, -1] if logits.dim() == 3 else logits[-1],
-                        unembed_proj=self.model.unembed_proj,
-                        tokenizer=self.tokenizer,
-                        max_n_logits=request.max_n_logits,
-                        desired_logit_prob=request.desired_logit_prob,
-                    )
-                probs = targets.logit_probabilities.float().cpu().tolist()
-                salient = [
-                    SalientLogit(token=t.token_str, token_id=int(t.vocab_idx), probability=p)
-                    for t, p in zip(targets.logit_targets, probs, strict=True)
-                ]
-                return ForwardPassResponse(
-                    prompt=prompt,
-                    input_tokens=self.decode_each(ids),
-                    salient_logits=salient,
-                    total_salient_tokens=len(salient),
-                    cumulative_probability=float(sum(probs)),
-                )
-            finally:
-                self.free_memory()
-
-    # ---------------------------------------------------------------- steering
-    def steer(self, data: dict[str, Any], lock_timeout: float | None = None) -> Any:
-        """Validate and run a steer request given as a decoded JSON object."""
-        from neuronpedia_graph.schemas import SteerEnvelope, parse_request
-        from neuronpedia_graph.steering import (
-            SteerRequest,
-            SteerValidationError,
-            steer,
-            validate_features,
+    def forward_pass(self, request: ForwardPassRequest, timings: Timings) -> ForwardPassResponse:
+        model = self.loaded.model
+        ids = model.ensure_tokenized(list(request.encoded.ids))
+        with torch.inference_mode():
+            logits, _ = model.get_activations(ids, sparse=True)
+            targets = AttributionTargets(
+                None,
+                logits=logits[0, -1] if logits.dim() == 3 else logits[-1],
+                unembed_proj=model.unembed_proj,
+                tokenizer=model.tokenizer,
+                max_n_logits=request.max_n_logits,
+                desired_logit_prob=request.desired_logit_prob,
+            )
+        probs = targets.logit_probabilities.float().cpu().tolist()
+        salient = [
+            SalientLogit(token=t.token_str, token_id=int(t.vocab_idx), probability=p)
+            for t, p in zip(targets.logit_targets, probs, strict=True)
+        ]
+        return ForwardPassResponse(
+            prompt=request.prompt if request.prompt is not None else request.encoded.text,
+            input_tokens=self.decode_each(request.encoded.ids),
+            salient_logits=salient,
+            total_salient_tokens=len(salient),
+            cumulative_probability=float(sum(probs)),
         )
 
-        envelope = parse_request(SteerEnvelope, data)
-        self.check_model_id(envelope.model_id)
-        prompt = self.prompt_text(envelope)
-        fields = {k: v for k, v in data.items() if k not in ("messages", "model_id")}
-        request = parse_request(SteerRequest, {**fields, "prompt": prompt})
-        with self.lock.hold(lock_timeout):
-            try:
-                ids = self.tokenize(prompt)
-                try:
-                    validate_features(self.model, request, len(ids))
-                except SteerValidationError as exc:
-                    raise InvalidRequest(str(exc)) from exc
-                return steer(self.model, request)
-            finally:
-                self.free_memory()
+    # ---------------------------------------------------------------- steering
+    def steer(self, request: SteerRequest, timings: Timings) -> SteerResponse:
+        with timings.phase("steer"):
+            return steer(self.loaded.model, request)
 
-    def parse_chat_prompt(self, prompt: str) -> Any:
+    def parse_chat_prompt(
+        self, request: ParseChatPromptRequest, timings: Timings
+    ) -> ParsedChatPrompt:
         """Tokenizer-only work, so it needs no model lock."""
-        from neuronpedia_graph.chat import parse_chat_prompt
-
-        return parse_chat_prompt(self.tokenizer, prompt)
+        return parse_chat_prompt(self.loaded.tokenizer, request.prompt)

@@ -1,59 +1,116 @@
-"""One typed settings object, resolved as CLI > environment > .env > defaults.
+"""One typed settings object, declared once, resolved as CLI > environment > .env > defaults.
 
-Why a hand-rolled merge instead of argparse defaults: argparse defaults would silently shadow
-values from the environment and `.env`, which is exactly the bug users hit when `PORT=5010` in
-`.env` was ignored. Every CLI option therefore defaults to ``None`` ("not given").
+Each setting is one field below: its environment variable is the field name in capitals, its
+command-line flag is ``--field-name``, and its help text is the field's description. The
+command-line parser is generated from the fields, so nothing is listed twice. pydantic-settings
+does the environment and ``.env`` reading; command-line values are passed as init arguments,
+which it ranks above both. Every CLI option defaults to "not given", so a flag's default can
+never shadow a value from the environment or ``.env`` (the bug users hit when ``PORT=5010`` in
+``.env`` was ignored).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import contextvars
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 Backend = Literal["nnsight", "transformerlens"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+PruneName = Literal["lean", "circuit-tracer"]
+
+# Set only while `load_settings` runs: (environment or None for the process's, .env path).
+# Settings built directly (tests, code) take their arguments and defaults only, so they never
+# depend on whatever the surrounding shell happens to export.
+_SOURCES: contextvars.ContextVar[tuple[Mapping[str, str] | None, Path] | None] = (
+    contextvars.ContextVar("npg_settings_sources", default=None)
+)
 
 
 class SettingsError(ValueError):
     """A configuration problem the user must fix; the message is shown as one line."""
 
 
-class Settings(BaseModel):
+def _setting(
+    default: Any, help: str, *, cli: bool = True, flag: str | None = None, **constraints: Any
+) -> Any:
+    """A settings field; ``cli=False`` keeps secrets off the command line (and shell history),
+    ``flag`` names a command-line option that is not ``--field-name``."""
+    extra = {"cli": cli, "flag": flag}
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
+
+
+class Settings(BaseSettings):
     """Everything the server, the CLI and the Runpod worker can be configured with."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", env_ignore_empty=True, case_sensitive=False
+    )
 
-    model_id: str = "demo"
-    transcoder_set: str | None = None
-    secret: SecretStr | None = None
-    hf_token: SecretStr | None = None
-    host: str = "0.0.0.0"
-    port: int = Field(5004, ge=1, le=65535)
-    device: str = "auto"
-    dtype: DtypeName = "auto"
-    backend: Backend | None = None
-    lazy_encoder: bool = False
-    lazy_decoder: bool = True
-    token_limit: int = Field(64, ge=1, le=100_000)
-    max_feature_nodes: int = Field(10_000, ge=1)
-    threads: int = Field(4, ge=2, le=64)
-    torch_threads: int | None = Field(None, ge=1)
-    spool_dir: Path = Path("spool")
-    gzip_level: int = Field(3, ge=1, le=9)
-    upload_connect_timeout: float = Field(5.0, gt=0)
-    upload_read_timeout: float = Field(120.0, gt=0)
-    upload_retries: int = Field(3, ge=0, le=10)
-    upload_backoff: float = Field(0.5, ge=0)
-    log_level: str = "INFO"
-    dev: bool = False
+    model_id: str = _setting(
+        "demo",
+        "demo | google/gemma-2-2b | meta-llama/Llama-3.2-1B | any HF id | local model dir",
+    )
+    transcoder_set: str | None = _setting(
+        None,
+        "transcoder set: a known name (gemma, llama, ...), HF repo, hf:// URI, or a local "
+        "directory with config.yaml",
+    )
+    neuronpedia_model_id: str | None = _setting(
+        None,
+        "Neuronpedia model id written as the graph's scan (overrides the model table)",
+        flag="--neuronpedia-id",
+    )
+    secret: SecretStr | None = _setting(None, "clients send it as x-secret-key", cli=False)
+    hf_token: SecretStr | None = _setting(None, "Hugging Face token", cli=False)
+    host: str = _setting("0.0.0.0", "bind address")
+    port: int = _setting(5004, "port", ge=1, le=65535)
+    device: str = _setting("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: DtypeName = _setting("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA)")
+    backend: Backend | None = _setting(None, "nnsight | transformerlens (default: the preset's)")
+    lazy_encoder: bool = _setting(False, "load transcoder encoders lazily")
+    lazy_decoder: bool = _setting(True, "load transcoder decoders lazily")
+    token_limit: int = _setting(
+        64, "max prompt tokens for graphs and steering (BOS not counted)", ge=1, le=100_000
+    )
+    forward_pass_token_limit: int = _setting(
+        2048, "max prompt tokens for /forward-pass (BOS not counted)", ge=1, le=1_000_000
+    )
+    max_feature_nodes: int = _setting(10_000, "server cap for max_feature_nodes", ge=1)
+    max_graph_links: int = _setting(2_000_000, "largest graph (links) served or uploaded", ge=1)
+    max_graph_bytes: int = _setting(
+        256 * 1024 * 1024, "largest graph JSON (bytes) sent directly in a reply", ge=1
+    )
+    prune: PruneName = _setting(
+        "circuit-tracer", "graph pruning: lean (exact, low memory) | circuit-tracer"
+    )
+    threads: int = _setting(4, "gunicorn request threads", ge=2, le=64)
+    torch_threads: int | None = _setting(None, "torch intra-op threads", ge=1)
+    spool_dir: Path = _setting(Path("spool"), "where graphs that failed to upload are kept")
+    gzip_level: int = _setting(3, "gzip level 1-9", ge=1, le=9)
+    upload_connect_timeout: float = _setting(5.0, "upload connect timeout (s)", gt=0)
+    upload_read_timeout: float = _setting(120.0, "upload read timeout (s)", gt=0)
+    upload_retries: int = _setting(3, "upload retries after the first attempt", ge=0, le=10)
+    upload_backoff: float = _setting(0.5, "upload retry backoff factor (s)", ge=0)
+    log_level: str = _setting("INFO", "DEBUG | INFO | WARNING")
+    viewer: bool = _setting(True, "serve the graph viewer page at /")
+    dev: bool = _setting(False, "use Flask's development server instead of gunicorn")
 
-    @field_validator("secret", "hf_token", mode="before")
+    @field_validator(
+        "secret", "hf_token", "transcoder_set", "backend", "neuronpedia_model_id", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value in ("", None) else value
@@ -66,6 +123,25 @@ class Settings(BaseModel):
             raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
         return value
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = _SOURCES.get()
+        if sources is None:
+            return (init_settings,)
+        environ, env_file = sources
+        return (
+            init_settings,
+            _EnvironSource(settings_cls, environ),
+            DotEnvSettingsSource(settings_cls, env_file=env_file if env_file.is_file() else None),
+        )
+
     def require_secret(self) -> str:
         """The server must never start open to the world, so a missing SECRET is fatal."""
         if self.secret is None or not self.secret.get_secret_value():
@@ -76,108 +152,52 @@ class Settings(BaseModel):
         return self.secret.get_secret_value()
 
 
-# field name -> environment variable name; CLI flag is --field-name.
-ENV_VARS: dict[str, str] = {
-    "model_id": "MODEL_ID",
-    "transcoder_set": "TRANSCODER_SET",
-    "secret": "SECRET",
-    "hf_token": "HF_TOKEN",
-    "host": "HOST",
-    "port": "PORT",
-    "device": "DEVICE",
-    "dtype": "DTYPE",
-    "backend": "BACKEND",
-    "lazy_encoder": "LAZY_ENCODER",
-    "lazy_decoder": "LAZY_DECODER",
-    "token_limit": "TOKEN_LIMIT",
-    "max_feature_nodes": "MAX_FEATURE_NODES",
-    "threads": "THREADS",
-    "torch_threads": "TORCH_THREADS",
-    "spool_dir": "SPOOL_DIR",
-    "gzip_level": "GZIP_LEVEL",
-    "upload_connect_timeout": "UPLOAD_CONNECT_TIMEOUT",
-    "upload_read_timeout": "UPLOAD_READ_TIMEOUT",
-    "upload_retries": "UPLOAD_RETRIES",
-    "upload_backoff": "UPLOAD_BACKOFF",
-    "log_level": "LOG_LEVEL",
-}
+class _EnvironSource(EnvSettingsSource):
+    """The environment source, reading the mapping given to `load_settings` when there is one."""
 
-_BOOL_FIELDS = {"lazy_encoder", "lazy_decoder", "dev"}
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None) -> None:
+        self._given = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        if self._given is None:
+            return super()._load_env_vars()
+        return {k.lower(): v for k, v in self._given.items() if v != ""}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def env_var(field: str) -> str:
+    """The environment variable that sets `field` (pydantic-settings' case-insensitive name)."""
+    return field.upper()
+
+
+def _cli_fields() -> dict[str, FieldInfo]:
+    return {
+        name: info
+        for name, info in Settings.model_fields.items()
+        if name != "model_id" and (info.json_schema_extra or {}).get("cli", True)
+    }
+
+
+def build_parser(prog: str = "neuronpedia-graph") -> argparse.ArgumentParser:
+    """The command line, generated from the settings fields."""
     parser = argparse.ArgumentParser(
-        prog="neuronpedia-graph",
-        description="Serve circuit-tracer attribution graphs over HTTP for one loaded model.",
+        prog=prog,
+        description="Serve circuit-tracer attribution graphs over HTTP for one loaded model. "
+        "`neuronpedia-graph describe MODEL` prints what would be loaded, without loading it.",
     )
-    parser.add_argument(
-        "model",
-        nargs="?",
-        default=None,
-        help="demo | google/gemma-2-2b | meta-llama/Llama-3.2-1B | any HF id | local model dir "
-        "(env MODEL_ID; default demo)",
-    )
-    parser.add_argument(
-        "--transcoder-set",
-        help="circuit-tracer transcoder reference: HF repo, "
-        "hf:// URI, or a local directory with config.yaml (env TRANSCODER_SET)",
-    )
-    parser.add_argument("--host", help="bind address (env HOST; default 0.0.0.0)")
-    parser.add_argument("--port", type=int, help="port (env PORT; default 5004)")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (env DEVICE; default auto)")
-    parser.add_argument(
-        "--dtype",
-        help="auto | float32 | bfloat16 | float16 (env DTYPE; auto = "
-        "bfloat16 on CUDA, float32 on CPU)",
-    )
-    parser.add_argument("--backend", help="nnsight | transformerlens (env BACKEND)")
-    parser.add_argument(
-        "--lazy-encoder",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="load transcoder encoders lazily (env LAZY_ENCODER; default off)",
-    )
-    parser.add_argument(
-        "--lazy-decoder",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="load transcoder decoders lazily (env LAZY_DECODER; default on)",
-    )
-    parser.add_argument(
-        "--token-limit", type=int, help="max prompt tokens incl. BOS (env TOKEN_LIMIT; default 64)"
-    )
-    parser.add_argument(
-        "--max-feature-nodes",
-        type=int,
-        help="server cap for max_feature_nodes (env MAX_FEATURE_NODES; default 10000)",
-    )
-    parser.add_argument("--threads", type=int, help="gunicorn threads (env THREADS; default 4)")
-    parser.add_argument(
-        "--torch-threads", type=int, help="torch intra-op threads (env TORCH_THREADS)"
-    )
-    parser.add_argument(
-        "--spool-dir",
-        help="where graphs that failed to upload are kept (env SPOOL_DIR; default ./spool)",
-    )
-    parser.add_argument("--gzip-level", type=int, help="gzip level 1-9 (env GZIP_LEVEL; default 3)")
-    parser.add_argument("--log-level", help="DEBUG | INFO | WARNING (env LOG_LEVEL; default INFO)")
+    model_help = Settings.model_fields["model_id"].description
+    parser.add_argument("model", nargs="?", default=None, help=f"{model_help} (env MODEL_ID)")
+    for name, info in _cli_fields().items():
+        help_text = f"{info.description} (env {env_var(name)}; default {info.default})"
+        flag = (info.json_schema_extra or {}).get("flag") or "--" + name.replace("_", "-")
+        if info.annotation is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=name, help=help_text)
     parser.add_argument("--env-file", default=None, help="path of the .env file (default ./.env)")
-    parser.add_argument(
-        "--dev",
-        action="store_true",
-        default=None,
-        help="use Flask's development server instead of gunicorn",
-    )
     return parser
-
-
-def _parse_bool(name: str, raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise SettingsError(f"{ENV_VARS.get(name, name)}={raw!r} is not a boolean (use true/false)")
 
 
 def load_settings(
@@ -185,36 +205,32 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: Path | str | None = None,
 ) -> Settings:
-    """Resolve settings. ``env_file`` overrides ``--env-file``; both default to ``./.env``."""
-    args = build_parser().parse_args(list(argv) if argv is not None else [])
-    environ = os.environ if environ is None else environ
-    path = Path(env_file or args.env_file or ".env")
-    file_values = (
-        {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
-    )
+    """Resolve settings from the command line, the environment and a .env file.
 
-    values: dict[str, Any] = {}
-    for field, var in ENV_VARS.items():
-        if var in file_values:
-            values[field] = file_values[var]
-        if var in environ:
-            values[field] = environ[var]
-    cli = vars(args)
-    cli["model_id"] = cli.pop("model")
-    for field in Settings.model_fields:
-        if cli.get(field) is not None:
-            values[field] = cli[field]
-    for field in _BOOL_FIELDS:
-        if isinstance(values.get(field), str):
-            values[field] = _parse_bool(field, values[field])
-    for field in ("transcoder_set", "backend", "torch_threads"):
-        if values.get(field) == "":
-            values[field] = None
+    Args:
+        argv: command-line arguments (without the program name); None means none.
+        environ: the environment to read; None means the process environment.
+        env_file: the .env path; overrides ``--env-file``; both default to ``./.env``.
+
+    Returns:
+        The frozen settings.
+
+    Raises:
+        SettingsError: a value is invalid; the message names its environment variable.
+    """
+    args = vars(build_parser().parse_args(list(argv) if argv is not None else []))
+    path = Path(env_file or args.pop("env_file") or ".env")
+    cli = {k: v for k, v in args.items() if k in Settings.model_fields and v is not None}
+    if args.get("model") is not None:
+        cli["model_id"] = args["model"]
+    token = _SOURCES.set((environ, path))
     try:
-        return Settings(**values)
+        return Settings(**cli)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{ENV_VARS.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']}"
+            f"{env_var(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}"
             for err in exc.errors()
         )
         raise SettingsError(f"invalid configuration: {problems}") from None
+    finally:
+        _SOURCES.reset(token)

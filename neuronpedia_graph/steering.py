@@ -22,106 +22,35 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import BatchEncoding
 
-from neuronpedia_graph.chat import canonical_prompt
+from neuronpedia_graph.schemas import (
+    IgnoredFeature,
+    SteerFeature,
+    SteerRequest,
+    SteerResponse,
+    TokenLogits,
+    TopLogit,
+)
 
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
-
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class SteerFeature(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    layer: int
-    index: int
-    token_active_position: int
-    steer_position: int | None = None
-    steer_generated_tokens: bool = False
-    delta: FiniteFloat | None = None
-    ablate: bool = False
-
-
-class SteerRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    prompt: Annotated[str, Field(min_length=1)]
-    features: Annotated[list[SteerFeature], Field(min_length=1)]
-    n_tokens: Annotated[int, Field(ge=1, le=256)] = 10
-    top_k: Annotated[int, Field(ge=1, le=20)] = 5
-    temperature: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
-    freq_penalty: FiniteFloat = 0.0
-    seed: Annotated[int, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1])] | None = None
-    freeze_attention: bool = False
-
-
-class TopLogit(BaseModel):
-    token: str
-    prob: float
-
-
-class TokenLogits(BaseModel):
-    token: str
-    top_logits: list[TopLogit]
-
-
-class SteerResponse(BaseModel):
-    """Both runs, token by token.
-
-    *_GENERATION: the prompt exactly as sent, followed by the continuation (as the original
-    Neuronpedia server did). *_LOGITS_BY_TOKEN: one entry per position, BOS first, so the list
-    index is the steering position; prompt + generated tokens. The entry at position i holds the
-    model's top_k next-token distribution *after* token i: empty for prompt positions before the
-    last, and present for the last prompt token and every generated token (the final entry's is
-    computed with one extra forward pass). Probabilities are the (steered) model's own softmax,
-    before temperature and frequency penalty, so runs with different sampling compare directly.
-    """
-
-    DEFAULT_GENERATION: str
-    STEERED_GENERATION: str
-    DEFAULT_LOGITS_BY_TOKEN: list[TokenLogits]
-    STEERED_LOGITS_BY_TOKEN: list[TokenLogits]
-
-
-class SteerValidationError(ValueError):
-    """A request the model cannot run; the message names the field, e.g. 'features[1]: ...'."""
-
-
-def prompt_token_ids(model: Any, prompt: str) -> torch.Tensor:
-    """The prompt's token ids by position (1-D, on the model's device), BOS at 0."""
-    text = canonical_prompt(model.tokenizer, prompt)
-    if not text or not model.tokenizer(text, add_special_tokens=False).input_ids:
-        raise SteerValidationError("prompt: the prompt contains no tokens")
-    return model.ensure_tokenized(text)
-
-
-def validate_features(model: Any, request: SteerRequest, n_prompt_tokens: int) -> None:
-    """Reject features the model cannot apply, naming the first offending one.
-
-    `n_prompt_tokens` counts positions as `prompt_token_ids` does (BOS included).
-    """
-    if not request.features:
-        raise SteerValidationError("features: at least one feature is required")
-    n_layers = int(model.cfg.n_layers)
-    d_transcoder = int(model.transcoders.d_transcoder)
-    for i, feature in enumerate(request.features):
-        problem = _feature_problem(feature, n_layers, d_transcoder, n_prompt_tokens)
-        if problem:
-            raise SteerValidationError(f"features[{i}]: {problem}")
+Intervention = tuple[int, int | slice, int, float]
 
 
 def steer(model: Any, request: SteerRequest) -> SteerResponse:
     """Run the prompt without and with the request's interventions and report both.
 
+    The request must have been validated with the server's `RequestContext` (so its features
+    fit the model and the prompt); this function trusts it and does not check again.
+
     Per feature, the value set is 0 when ablating, else the feature's activation at
     `token_active_position` on the prompt plus `delta`. It is applied at `steer_position`, or,
     with `steer_generated_tokens`, at every generated token (so it first changes the token after
-    the first generated one: the first is predicted from the prompt alone).
+    the first generated one: the first is predicted from the prompt alone). Features that touch
+    an unsteerable position (the BOS) are not applied, as in the original Neuronpedia server,
+    and are listed in `ignored_features` instead.
 
     `freeze_attention` holds attention patterns at their unsteered values for the same tokens
     in every forward pass, so effects travel only through the residual stream and MLPs.
@@ -137,67 +66,88 @@ def steer(model: Any, request: SteerRequest) -> SteerResponse:
     The model is used as is and left as it was (circuit-tracer's interventions live inside one
     trace or hook context; see `_tensor_inputs` for the one temporary change). Not thread-safe,
     like circuit-tracer: callers serialize access to the model.
+
+    Args:
+        model: the circuit-tracer ReplacementModel.
+        request: a steer request validated with the server's context.
+
+    Returns:
+        Both runs, token by token, and the features that were not applied.
     """
     tokenizer = model.tokenizer
-    prompt_ids = prompt_token_ids(model, request.prompt)
+    encoded = request.encoded
+    # Already canonical (BOS first), so this only moves the ids to the model's device.
+    prompt_ids = model.ensure_tokenized(list(encoded.ids))
     n_prompt = len(prompt_ids)
-    validate_features(model, request, n_prompt)
+    applied, ignored = _split_features(request.features, encoded.unsteerable)
     seed = request.seed if request.seed is not None else secrets.randbits(63)
     stop_ids = _stop_token_ids(model)
     with _tensor_inputs(model):
-        interventions = _interventions(model, request, prompt_ids)
+        interventions = _interventions(model, applied, prompt_ids)
         default_ids, default_rows = _generate(model, prompt_ids, [], request, seed, stop_ids)
-        steered_ids, steered_rows = _generate(
-            model, prompt_ids, interventions, request, seed, stop_ids
+        steered_ids, steered_rows = (
+            _generate(model, prompt_ids, interventions, request, seed, stop_ids)
+            if interventions
+            else (default_ids, default_rows)
         )
-    all_prompt = prompt_ids.tolist()
+    shown = request.prompt if request.prompt is not None else encoded.text
     return SteerResponse(
-        DEFAULT_GENERATION=request.prompt + _continuation(tokenizer, all_prompt, default_ids),
-        STEERED_GENERATION=request.prompt + _continuation(tokenizer, all_prompt, steered_ids),
+        DEFAULT_GENERATION=shown + _continuation(tokenizer, encoded.ids, default_ids),
+        STEERED_GENERATION=shown + _continuation(tokenizer, encoded.ids, steered_ids),
         DEFAULT_LOGITS_BY_TOKEN=_by_token(
-            tokenizer, all_prompt + default_ids, n_prompt, default_rows, request.top_k
+            tokenizer, encoded.ids + default_ids, n_prompt, default_rows, request.top_k
         ),
         STEERED_LOGITS_BY_TOKEN=_by_token(
-            tokenizer, all_prompt + steered_ids, n_prompt, steered_rows, request.top_k
+            tokenizer, encoded.ids + steered_ids, n_prompt, steered_rows, request.top_k
         ),
+        ignored_features=ignored,
     )
 
 
 # ------------------------------------------------------------------------------ internals
-def _feature_problem(
-    feature: SteerFeature, n_layers: int, d_transcoder: int, n_prompt: int
-) -> str | None:
-    if feature.ablate == (feature.delta is not None):
-        return "give exactly one of ablate=true or a delta"
-    if feature.steer_generated_tokens == (feature.steer_position is not None):
-        return "give exactly one of steer_position or steer_generated_tokens=true"
-    if not 0 <= feature.layer < n_layers:
-        return f"layer {feature.layer} is outside [0, {n_layers})"
-    if not 0 <= feature.index < d_transcoder:
-        return f"index {feature.index} is outside [0, {d_transcoder})"
-    where = f"the prompt's {n_prompt} token positions [0, {n_prompt}) (BOS is position 0)"
-    if not 0 <= feature.token_active_position < n_prompt:
-        return f"token_active_position {feature.token_active_position} is outside {where}"
-    if feature.steer_position is not None and not 0 <= feature.steer_position < n_prompt:
-        return f"steer_position {feature.steer_position} is outside {where}"
-    return None
+def _split_features(
+    features: Sequence[SteerFeature], unsteerable: frozenset[int]
+) -> tuple[list[SteerFeature], list[IgnoredFeature]]:
+    """The features to apply, and those dropped because they touch an unsteerable position."""
+    applied: list[SteerFeature] = []
+    ignored: list[IgnoredFeature] = []
+    for i, feature in enumerate(features):
+        touched = [feature.token_active_position]
+        if feature.steer_position is not None:
+            touched.append(feature.steer_position)
+        position = next((p for p in touched if p in unsteerable), None)
+        if position is None:
+            applied.append(feature)
+            continue
+        ignored.append(
+            IgnoredFeature(
+                index_in_request=i,
+                layer=feature.layer,
+                index=feature.index,
+                position=position,
+                reason=f"position {position} is a BOS token, which is not steerable",
+            )
+        )
+    return applied, ignored
 
 
 def _interventions(
-    model: Any, request: SteerRequest, prompt_ids: torch.Tensor
-) -> list[tuple[int, int | slice, int, float]]:
-    """circuit-tracer (layer, position, feature, value) tuples for the request's features."""
+    model: Any, features: Sequence[SteerFeature], prompt_ids: torch.Tensor
+) -> list[Intervention]:
+    """circuit-tracer (layer, position, feature, value) tuples for the features to apply."""
+    if not features:
+        return []
     _, activations = model.get_activations(prompt_ids, sparse=True)
     generated = slice(len(prompt_ids), None)
-    out: list[tuple[int, int | slice, int, float]] = []
-    for f in request.features:
+    out: list[Intervention] = []
+    for f in features:
         if f.ablate:
             value = 0.0
         else:
             active = float(activations[f.layer, f.token_active_position, f.index])
             value = active + float(f.delta or 0.0)
         position = generated if f.steer_generated_tokens else f.steer_position
-        assert position is not None  # validate_features guarantees one of the two
+        assert position is not None  # validation guarantees one of the two
         out.append((f.layer, position, f.index, value))
     return out
 
@@ -205,7 +155,7 @@ def _interventions(
 def _generate(
     model: Any,
     prompt_ids: torch.Tensor,
-    interventions: Sequence[tuple[int, int | slice, int, float]],
+    interventions: Sequence[Intervention],
     request: SteerRequest,
     seed: int,
     stop_ids: set[int],
@@ -238,7 +188,8 @@ def _pick(
     freq_penalty: float,
     generator: torch.Generator,
 ) -> int:
-    scores = logits.clone()
+    # float64, and non-finite logits made finite: nothing NaN or infinite is ever sampled from.
+    scores = torch.nan_to_num(logits.double(), nan=-torch.inf).clamp(min=-1e30, max=1e30)
     if freq_penalty and generated:
         counts = torch.bincount(torch.tensor(generated), minlength=scores.numel())
         scores -= freq_penalty * counts[: scores.numel()].to(scores.dtype)
@@ -273,7 +224,10 @@ def _by_token(
 
 def _top_logits(tokenizer: Any, logits: torch.Tensor, top_k: int) -> list[TopLogit]:
     # float64: a confident model's top probability (1 - 1e-5) keeps its digits.
-    probs, ids = torch.softmax(logits.double(), dim=-1).topk(top_k)
+    if top_k == 0:
+        return []
+    finite = torch.nan_to_num(logits.double(), nan=-torch.inf).clamp(min=-1e30, max=1e30)
+    probs, ids = torch.softmax(finite, dim=-1).topk(min(top_k, finite.numel()))
     return [
         TopLogit(token=tokenizer.decode([int(i)]), prob=float(p))
         for p, i in zip(probs, ids, strict=True)

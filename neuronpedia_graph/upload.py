@@ -26,6 +26,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
+from neuronpedia_graph.settings import Settings
+
 log = logging.getLogger(__name__)
 
 # S3 and its clones answer 500/503 for transient overload; 502/504 come from proxies in front.
@@ -45,19 +47,33 @@ _UNSAFE_SLUG_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _Observer = Callable[[int, Any, Exception | None], None]
 
 
+def _default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class UploadPolicy:
     """How long to wait and how often to retry; tests shrink these to stay fast.
 
-    Retry-After from the target is honoured but capped at `backoff_max`, so a target cannot
-    park a worker for hours.
+    The defaults are the settings' defaults (one declaration, in `Settings`). Retry-After from
+    the target is honoured but capped at `backoff_max`, so a target cannot park a worker for
+    hours.
     """
 
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    retries: int = 3  # extra attempts after the first, on connection errors and 5xx
-    backoff_factor: float = 0.5  # exponential backoff between retries (urllib3 Retry)
+    connect_timeout: float = _default("upload_connect_timeout")
+    read_timeout: float = _default("upload_read_timeout")
+    retries: int = _default("upload_retries")  # extra attempts after the first
+    backoff_factor: float = _default("upload_backoff")  # exponential backoff (urllib3 Retry)
     backoff_max: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadPolicy:
+        return cls(
+            connect_timeout=settings.upload_connect_timeout,
+            read_timeout=settings.upload_read_timeout,
+            retries=settings.upload_retries,
+            backoff_factor=settings.upload_backoff,
+        )
 
 
 @dataclass(frozen=True)

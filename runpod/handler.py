@@ -17,25 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neuronpedia_graph.errors import ServiceError
 from neuronpedia_graph.logging_setup import request_id_var
-from neuronpedia_graph.schemas import (
-    ForwardPassRequest,
-    GraphRequest,
-    UploadResponse,
-    parse_request,
-)
-from neuronpedia_graph.service import GraphService
+from neuronpedia_graph.operations import BY_NAME
+from neuronpedia_graph.schemas import parse_request
+from neuronpedia_graph.service import GraphResult, GraphService
 
 logger = logging.getLogger("neuronpedia_graph.runpod")
 
@@ -70,12 +65,23 @@ class ModelUnavailable(ServiceError):
 
 
 class JobEnvelope(BaseModel):
-    """The worker-only fields of a job; everything else is the HTTP body of that request type."""
+    """The worker-only fields of a job; everything else is the HTTP body of that request type.
+
+    `request_type` names an operation (`neuronpedia_graph.operations`) by its name or one of
+    its aliases (the web app sends "forward_pass"); a job without one is a graph.
+    """
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    request_type: Literal["graph", "forward-pass", "steer"] = "graph"
+    request_type: str = "graph"
     deadline: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+    @field_validator("request_type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in BY_NAME:
+            raise ValueError(f"must be one of {', '.join(sorted(BY_NAME))}")
+        return value
 
 
 WORKER_FIELDS = frozenset(JobEnvelope.model_fields)
@@ -153,10 +159,6 @@ def error_output(exc: ServiceError) -> dict[str, Any]:
     return {**exc.body(), "status": exc.status}
 
 
-def _json_ready(payload: Any) -> Any:
-    return payload.model_dump(mode="json") if hasattr(payload, "model_dump") else payload
-
-
 def run_request(
     service: GraphService,
     request_type: str,
@@ -166,20 +168,15 @@ def run_request(
     max_output_bytes: int,
 ) -> dict[str, Any]:
     """Do one job through the service, shaping the output like the HTTP 200 body."""
-    if request_type == "forward-pass":
-        request = parse_request(ForwardPassRequest, body)
-        return _json_ready(service.forward_pass(request, lock_timeout=lock_timeout))
-    if request_type == "steer":
-        return _json_ready(service.steer(body, lock_timeout=lock_timeout))
-
-    result = service.generate_graph(parse_request(GraphRequest, body), lock_timeout=lock_timeout)
-    if result.upload is not None:
-        up = result.upload
-        payload = UploadResponse(url=up.url, bytes=up.bytes, compressed=up.compressed)
+    outcome = service.run(BY_NAME[request_type], body, lock_timeout=lock_timeout)
+    value = outcome.value
+    if not isinstance(value, GraphResult):
+        return value.model_dump(mode="json")
+    if value.upload is not None:
         # HTTP sends these as a Server-Timing header; a job output has no headers.
-        timings = {name: round(ms, 1) for name, ms in result.timings.phases.items()}
-        return {**payload.model_dump(mode="json"), "timings_ms": timings}
-    graph = result.body or b""
+        timings = {name: round(ms, 1) for name, ms in outcome.timings.phases.items()}
+        return {**value.upload.model_dump(mode="json"), "timings_ms": timings}
+    graph = value.document or b""
     if len(graph) > max_output_bytes:
         raise OutputTooLarge(
             f"Graph JSON is {len(graph)} bytes, more than a Runpod job output can carry "
@@ -264,7 +261,10 @@ def main() -> None:
     # `import runpod` runs logging.basicConfig (serverless/utils/rp_upload.py); with our handler
     # added as well, every line would be printed twice.
     logging.getLogger().handlers.clear()
-    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    try:
+        configure_logging(LOADER.settings().log_level)
+    except Exception:  # a settings error is reported to every job by LOADER.get()
+        configure_logging("INFO")
     # Load before taking jobs so the first job does not pay for it; a failure is reported
     # to every job instead of crashing, so callers see why rather than a job stuck in queue.
     with contextlib.suppress(ModelUnavailable):

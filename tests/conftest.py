@@ -9,31 +9,33 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.pop("HF_TOKEN", None)
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
+from testkit.live import LiveServer, free_port, start_server
+
+__all__ = ["SECRET", "Api", "LiveServer", "free_port", "graph_body", "start_server"]
+
 pytest_plugins = ["tests.s3_server"]
 
 REPO = Path(__file__).resolve().parents[1]
+# Not a real credential: the secret the test servers are started with.
 SECRET = "test-secret-0123456789"
+# The live server's settings: fast upload failures, a modest feature cap.
+LIVE_SETTINGS = {
+    "UPLOAD_READ_TIMEOUT": "2",
+    "UPLOAD_BACKOFF": "0.01",
+    "MAX_FEATURE_NODES": "2000",
+    "UPLOAD_ALLOWED_HOSTS": "127.0.0.1,localhost",
+}
 # The web app's graph schema, vendored so the contract test always runs; test_contract_copy
 # fails when the copy drifts from the one the web app team publishes in ../shared/.
 SCHEMA_PATH = REPO / "tests" / "contracts" / "neuronpedia-graph-schema.json"
 SHARED_SCHEMA_PATH = REPO.parent / "shared" / "contracts" / "neuronpedia-graph-schema.json"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +69,7 @@ def service(demo_loaded, demo_settings):
 
 @pytest.fixture(scope="session")
 def app(service):
-    from neuronpedia_graph.app import create_app
+    from neuronpedia_graph.api import create_app
 
     return create_app(service, SECRET)
 
@@ -89,74 +91,44 @@ def graph_schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
 
 
-def wait_for_health(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if requests.get(f"{base}/health", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError("server did not become healthy")
-
-
-@dataclass
-class LiveServer:
-    base: str
-    log_path: Path
-    proc: subprocess.Popen
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """The real product: `python -m neuronpedia_graph demo` under gunicorn, over HTTP."""
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("live")
-    log_path = workdir / "server.log"
-    env = {
-        **os.environ,
-        "SECRET": SECRET,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "DEVICE": "cpu",
-        "SPOOL_DIR": str(workdir / "spool"),
-        "UPLOAD_READ_TIMEOUT": "2",
-        "UPLOAD_BACKOFF": "0.01",
-        "MAX_FEATURE_NODES": "2000",
-        "PYTHONUNBUFFERED": "1",
+    with start_server(tmp_path_factory.mktemp("live"), LIVE_SETTINGS, secret=SECRET) as server:
+        yield server
+
+
+def graph_body(**overrides: Any) -> dict[str, Any]:
+    """A small /generate-graph body for the demo model; fields can be overridden or added."""
+    return {
+        "prompt": "The city of Paris is in",
+        "model_id": "demo",
+        "slug_identifier": "paris-test",
+        "max_feature_nodes": 200,
+        **overrides,
     }
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "neuronpedia_graph",
-                "demo",
-                "--env-file",
-                str(workdir / ".env"),
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+
+
+class Api:
+    """Calls a live server with the secret, like the web app does (the AuthActions of flaskr)."""
+
+    def __init__(self, server: LiveServer, secret: str = SECRET) -> None:
+        self.server = server
+        self.headers = {"x-secret-key": secret}
+
+    def post(self, path: str, body: Any, timeout: float = 120, **kwargs: Any) -> requests.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return requests.post(
+            self.server.url(path), json=body, headers=headers, timeout=timeout, **kwargs
         )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(base, proc)
-    except Exception:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"live server failed to start:\n{log_path.read_text()[-4000:]}")
-    yield LiveServer(base, log_path, proc)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+
+    def graph(self, **overrides: Any) -> requests.Response:
+        return self.post("/generate-graph", graph_body(**overrides))
+
+    def get(self, path: str, timeout: float = 10) -> requests.Response:
+        return requests.get(self.server.url(path), timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def api(live_server: LiveServer) -> Api:
+    return Api(live_server)

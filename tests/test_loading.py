@@ -95,7 +95,9 @@ def test_offline_hub_fails_fast_naming_repo_and_token(model_id):
     with pytest.raises(ModelLoadError) as info:
         preflight(resolve_spec(Settings(model_id=model_id)))
     message = str(info.value)
-    assert time.monotonic() - started < 10
+    # A generous guard, not a timing: without offline detection the Hub client retries for
+    # minutes; failing fast takes well under a second.
+    assert time.monotonic() - started < 60
     assert f"'{model_id}'" in message and "offline mode" in message
     assert "HF_TOKEN is not set" in message and "\n" not in message
 

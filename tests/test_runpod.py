@@ -169,7 +169,7 @@ def test_steer_job_matches_http(handler, client):
         ("graph", "/generate-graph", graph_input(slug_identifier="bad slug!", compress="yes")),
         ("graph", "/generate-graph", graph_input(max_feature_nodes=10**6)),
         ("forward-pass", "/forward-pass", {"prompt": PROMPT, "max_n_logits": 51}),
-        ("forward-pass", "/forward-pass", {"prompt": "x " * 200}),
+        ("forward-pass", "/forward-pass", {"prompt": "x " * 2100}),
         ("steer", "/steer", steer_input(features="not a list")),
         ("graph", "/generate-graph", graph_input(model_id="google/gemma-2-2b")),
         ("forward-pass", "/forward-pass", {"prompt": PROMPT, "model_id": "gpt2"}),
@@ -193,11 +193,26 @@ def test_model_not_available_names_the_loaded_model(handler):
 
 
 def test_unknown_request_type_fails(handler):
-    output = handler(job(request_type="parse-chat-prompt", prompt=PROMPT))
+    output = handler(job(request_type="explain", prompt=PROMPT))
     message = assert_failed(output, 422)
     assert message.startswith("Invalid request: request_type: ")
-    assert "'graph', 'forward-pass' or 'steer'" in message
+    assert "graph" in message and "forward-pass" in message and "parse-chat-prompt" in message
     assert output["fields"] == ["request_type"]
+
+
+@pytest.mark.parametrize(
+    ("request_type", "path", "body"),
+    [
+        ("parse-chat-prompt", "/parse-chat-prompt", {"prompt": PROMPT}),
+        ("forward_pass", "/forward-pass", {"prompt": PROMPT}),
+        ("forward-pass", "/forward-pass", {"prompt": PROMPT}),
+    ],
+)
+def test_request_types_the_web_app_sends(handler, client, request_type, path, body):
+    output = handler(job(request_type=request_type, **body))
+    assert "error" not in output, output
+    res = client.post(path, json=body, headers=AUTH)
+    assert res.status_code == 200 and output == res.get_json()
 
 
 @pytest.mark.parametrize("job_input", [None, "a prompt", ["graph"], 42])

@@ -18,6 +18,15 @@ PARIS = "The city of Paris is in"
 ROME = "The city of Rome is in"
 
 
+STEER_FEATURE = {
+    "layer": 0,
+    "index": 0,
+    "token_active_position": 1,
+    "steer_position": 1,
+    "delta": 1.0,
+}
+
+
 def steer_body(prompt=PARIS, features=None, **extra):
     feature = {
         "layer": 0,
@@ -144,7 +153,6 @@ def test_feature_rules_name_the_feature(client, auth, feature, needle):
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
-        (steer_body(features=[]), 422, "features"),
         (steer_body(n_tokens=0), 422, "n_tokens"),
         (steer_body(n_tokens=257), 422, "n_tokens"),
         (steer_body(top_k=21), 422, "top_k"),
@@ -197,7 +205,7 @@ def test_parse_chat_prompt(client, auth):
 
 def test_model_without_chat_template_rejects_messages(tmp_path, auth):
     """A user's own model may lack a template: messages get a clear 400, prompts still work."""
-    from neuronpedia_graph.app import create_app
+    from neuronpedia_graph.api import create_app
     from neuronpedia_graph.loading import load_model
     from neuronpedia_graph.service import GraphService
     from neuronpedia_graph.settings import Settings
@@ -225,3 +233,56 @@ def test_model_without_chat_template_rejects_messages(tmp_path, auth):
         assert res.status_code == 400, (path, res.get_json())
         assert "has no chat template" in res.get_json()["error"]
     assert client.post("/forward-pass", json={"prompt": PARIS}, headers=auth).status_code == 200
+
+
+def test_no_features_and_top_k_zero_are_accepted_like_the_original(client, auth):
+    res = client.post("/steer", json=steer_body(features=[], top_k=0), headers=auth)
+    assert res.status_code == 200, res.get_json()
+    body = res.get_json()
+    assert body["STEERED_GENERATION"] == body["DEFAULT_GENERATION"]
+    assert body["ignored_features"] == []
+    assert all(e["top_logits"] == [] for e in body["DEFAULT_LOGITS_BY_TOKEN"])
+
+
+def test_features_at_the_bos_are_dropped_and_listed(client, auth):
+    bos_feature = {
+        "layer": 0,
+        "index": 0,
+        "token_active_position": 0,
+        "steer_position": 0,
+        "delta": 50.0,
+    }
+    res = client.post("/steer", json=steer_body(features=[bos_feature]), headers=auth)
+    assert res.status_code == 200, res.get_json()
+    body = res.get_json()
+    assert body["STEERED_GENERATION"] == body["DEFAULT_GENERATION"]
+    [ignored] = body["ignored_features"]
+    assert ignored["index_in_request"] == 0 and ignored["position"] == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"temperature": 1e-38}, "temperature"),
+        ({"temperature": 1e39}, "temperature"),
+        ({"freq_penalty": 1e39}, "freq_penalty"),
+        ({"freq_penalty": -1e39}, "freq_penalty"),
+        ({"features": [{**STEER_FEATURE, "delta": 1e308}]}, "delta"),
+        ({"features": [{**STEER_FEATURE, "delta": -1e308}]}, "delta"),
+    ],
+)
+def test_extreme_numbers_are_refused_not_crashed_on(client, auth, extra, field):
+    res = client.post("/steer", json=steer_body(**extra), headers=auth)
+    assert res.status_code == 422 and field in res.get_json()["error"], res.get_json()
+    assert client.post("/steer", json=steer_body(), headers=auth).status_code == 200
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 1.0, "seed": 3}])
+def test_largest_allowed_numbers_give_finite_probabilities(client, auth, sampling):
+    feature = {**STEER_FEATURE, "delta": 10_000.0}
+    body = steer_body(features=[feature], freq_penalty=100.0, **sampling)
+    res = client.post("/steer", json=body, headers=auth)
+    assert res.status_code == 200, res.get_json()
+    for entry in res.get_json()["STEERED_LOGITS_BY_TOKEN"]:
+        for top in entry["top_logits"]:
+            assert isinstance(top["prob"], float) and 0.0 <= top["prob"] <= 1.0

@@ -7,16 +7,17 @@ import torch
 from pydantic import ValidationError
 
 from neuronpedia_graph.chat import ChatMessage, render_chat
-from neuronpedia_graph.steering import (
+from neuronpedia_graph.errors import InvalidRequest
+from neuronpedia_graph.prompting import ModelPrompts
+from neuronpedia_graph.schemas import (
+    RequestContext,
     SteerFeature,
     SteerRequest,
     SteerResponse,
-    SteerValidationError,
     TokenLogits,
-    prompt_token_ids,
-    steer,
-    validate_features,
+    parse_request,
 )
+from neuronpedia_graph.steering import steer
 
 PARIS = "The city of Paris is in"
 ROME = "The city of Rome is in"
@@ -35,8 +36,27 @@ def model():
 
     cpu = torch.device("cpu")
     transcoders = load_transcoders(transcoder_config(), cpu, torch.float32)
-    return ReplacementModel.from_pretrained_and_transcoders(
+    loaded = ReplacementModel.from_pretrained_and_transcoders(
         str(MODEL_DIR), transcoders, backend="nnsight", device=cpu, dtype=torch.float32
+    )
+    CONTEXT.append(context_for(loaded))
+    return loaded
+
+
+# steer() trusts requests validated with the server's context; `request` builds them so.
+CONTEXT: list[RequestContext] = []
+
+
+def context_for(model) -> RequestContext:
+    return RequestContext(
+        prompts=ModelPrompts(model),
+        model_id="demo",
+        model_ids=frozenset({"demo"}),
+        token_limit=64,
+        forward_pass_token_limit=2048,
+        max_feature_nodes=10_000,
+        n_layers=int(model.cfg.n_layers),
+        d_transcoder=int(model.transcoders.d_transcoder),
     )
 
 
@@ -64,9 +84,8 @@ def say_7_feature(model) -> tuple[int, int, int]:
 
 def request(prompt: str = PARIS, **fields) -> SteerRequest:
     features = fields.pop("features", None) or [VALID]
-    return SteerRequest.model_validate(
-        {"prompt": prompt, "features": features, "n_tokens": 3, **fields}
-    )
+    body = {"model_id": "demo", "prompt": prompt, "features": features, "n_tokens": 3, **fields}
+    return parse_request(SteerRequest, body, CONTEXT[-1])
 
 
 def steer_at(feature: tuple[int, int, int], position: int, **fields) -> dict:
@@ -82,7 +101,7 @@ def steer_at(feature: tuple[int, int, int], position: int, **fields) -> dict:
 
 
 def last_position(model, prompt: str) -> int:
-    return len(prompt_token_ids(model, prompt)) - 1
+    return len(ModelPrompts(model).encode(prompt).ids) - 1
 
 
 def prob_bounds(entry: TokenLogits, token: str) -> tuple[float, float]:
@@ -200,7 +219,7 @@ def test_both_runs_share_the_seed(model, france_feature, seed) -> None:
 
 def test_frequency_penalty_forbids_repeats_without_changing_reported_probs(model) -> None:
     plain = steer(model, request(COUNT_TO_3, n_tokens=6))
-    penalised = steer(model, request(COUNT_TO_3, n_tokens=6, freq_penalty=1000.0))
+    penalised = steer(model, request(COUNT_TO_3, n_tokens=6, freq_penalty=100.0))
 
     last = last_position(model, COUNT_TO_3)
     generated = [e.token for e in penalised.DEFAULT_LOGITS_BY_TOKEN[last + 1 :]]
@@ -210,7 +229,7 @@ def test_frequency_penalty_forbids_repeats_without_changing_reported_probs(model
 
 # ----------------------------------------------------------------------------- positions
 def test_reply_has_one_entry_per_position_and_greedy_top1_is_the_next_token(model) -> None:
-    ids = prompt_token_ids(model, COUNT_TO_6).tolist()
+    ids = ModelPrompts(model).encode(COUNT_TO_6).ids
     n_prompt = len(ids)
     reply = steer(model, request(COUNT_TO_6, n_tokens=4))
 
@@ -285,35 +304,36 @@ def test_the_model_is_left_unchanged_even_when_a_run_fails(model, monkeypatch) -
     ],
 )
 def test_each_rule_names_the_offending_feature(model, change, message) -> None:
-    n_prompt = len(prompt_token_ids(model, PARIS))
     limits = {
         "n_layers": model.cfg.n_layers,
         "d_transcoder": model.transcoders.d_transcoder,
-        "n_prompt": n_prompt,
+        "n_prompt": last_position(model, PARIS) + 1,
     }
     bad = {**VALID, **{k: limits.get(v, v) for k, v in change.items()}}
-    req = request(features=[VALID, bad])
 
-    with pytest.raises(SteerValidationError, match=rf"^features\[1\]: .*{message}"):
-        validate_features(model, req, n_prompt)
-    with pytest.raises(SteerValidationError, match=r"^features\[1\]"):
-        steer(model, req)
+    with pytest.raises(InvalidRequest, match=rf"^features\[1\]: .*{message}"):
+        request(features=[VALID, bad])
 
 
-def test_valid_features_pass(model) -> None:
+def test_valid_features_pass_and_are_all_applied(model) -> None:
     last = last_position(model, PARIS)
     generated = {**VALID, "steer_position": None, "steer_generated_tokens": True}
     ablated = {**VALID, "delta": None, "ablate": True, "steer_position": last}
+    req = request(features=[VALID, generated, ablated])
 
-    validate_features(model, request(features=[VALID, generated, ablated]), last + 1)
+    reply = steer(model, req)
+
+    assert len(req.features) == 3 and reply.ignored_features == []
+    assert len(reply.STEERED_LOGITS_BY_TOKEN) == len(reply.DEFAULT_LOGITS_BY_TOKEN) >= last + 2
 
 
 def test_request_bounds() -> None:
+    base = {"model_id": "demo", "prompt": PARIS}
     with pytest.raises(ValidationError, match="features"):
-        SteerRequest.model_validate({"prompt": PARIS, "features": []})
+        SteerRequest.model_validate({**base, "features": "not a list"})
     for field, value in [("n_tokens", 0), ("n_tokens", 257), ("top_k", 21), ("temperature", -1)]:
         with pytest.raises(ValidationError, match=field):
-            SteerRequest.model_validate({"prompt": PARIS, "features": [VALID], field: value})
+            SteerRequest.model_validate({**base, "features": [VALID], field: value})
     extra = {**VALID, "unknown": 1}
-    req = SteerRequest.model_validate({"prompt": PARIS, "features": [extra], "model_id": "x"})
+    req = SteerRequest.model_validate({**base, "features": [extra]})
     assert req.features == [SteerFeature.model_validate(VALID)]

@@ -1,0 +1,41 @@
+"""The HTTP front end: a Flask app whose routes are generated from the operations table.
+
+`create_app` only assembles parts; each part attaches itself through its own `init_app`
+(request ids and logging, errors, metrics, routes, the viewer), as in Flask's tutorial.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flask import Flask
+
+if TYPE_CHECKING:
+    from neuronpedia_graph.service import GraphService
+
+MAX_BODY_BYTES = 1 << 20
+
+
+def create_app(service: GraphService, secret: str | None = None) -> Flask:
+    """Build the app around an already-loaded model.
+
+    Args:
+        service: the loaded model's service.
+        secret: the x-secret-key clients must send; defaults to the service's SECRET setting,
+            which must be set (the server is never open to the world).
+
+    Returns:
+        The Flask app.
+    """
+    from neuronpedia_graph.api import auth, errors, hooks, routes
+    from neuronpedia_graph.metrics import Metrics
+
+    app = Flask("neuronpedia_graph")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["npg_service"] = service
+    auth.init_app(app, secret if secret is not None else service.settings.require_secret())
+    Metrics().init_app(app)
+    hooks.init_app(app)
+    errors.init_app(app)
+    routes.init_app(app)
+    return app

@@ -1,0 +1,40 @@
+"""Every failure becomes a JSON error reply with the right status; 500 only for real bugs."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from neuronpedia_graph.api.responses import error_response
+from neuronpedia_graph.errors import ServiceError
+
+logger = logging.getLogger("neuronpedia_graph.api")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(ServiceError, _service_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+
+
+def _service_error(exc: ServiceError) -> Response:
+    return error_response(exc.status, exc.message, **exc.extra)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    from neuronpedia_graph.api import MAX_BODY_BYTES
+
+    messages = {
+        404: "Not found",
+        405: "Method not allowed",
+        413: f"Request body too large (max {MAX_BODY_BYTES} bytes)",
+    }
+    code = exc.code or 500
+    return error_response(code, messages.get(code, exc.description or exc.name))
+
+
+def _unexpected(exc: Exception) -> Response:
+    logger.exception("unhandled error")
+    return error_response(500, f"Internal server error ({type(exc).__name__})")

@@ -1,0 +1,154 @@
+"""Start a real server process (the CLI under gunicorn, or any command) and wait until it answers.
+
+One helper for every test and benchmark that needs a live process, so start-up, readiness
+polling, log capture and shutdown are written once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    """A running server: its base URL, its combined stdout/stderr log, and its process."""
+
+    base: str
+    log_path: Path
+    proc: subprocess.Popen
+    workdir: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+
+def health_ready(base: str) -> bool:
+    return requests.get(f"{base}/health", timeout=1).status_code == 200
+
+
+def wait_until_ready(
+    server: LiveServer, ready: Callable[[str], bool] = health_ready, timeout: float = 180
+) -> None:
+    """Poll `ready(base)` until it is true; fail at once if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(
+                f"server exited with {server.proc.returncode}:\n{server.log()[-4000:]}"
+            )
+        try:
+            if ready(server.base):
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"server did not become ready:\n{server.log()[-4000:]}")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def start_process(
+    argv: Sequence[str],
+    workdir: Path,
+    env: Mapping[str, str],
+    *,
+    port: int,
+    ready: Callable[[str], bool] | None = health_ready,
+    timeout: float = 180,
+    new_session: bool = False,
+) -> Iterator[LiveServer]:
+    """Run `argv` in `workdir` with `env` (added to this process's), logging to server.log.
+
+    Args:
+        argv: the command.
+        workdir: its working directory (created if needed); the log is written there.
+        env: variables added to the current environment.
+        port: the port it listens on (for the base URL).
+        ready: polled with the base URL until true; None yields at once.
+        timeout: seconds to wait for `ready`.
+        new_session: start it as a process-group leader (to signal the whole group).
+
+    Yields:
+        The live server; it is stopped (SIGTERM, then SIGKILL) on exit.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=workdir,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=new_session,
+        )
+    server = LiveServer(f"http://127.0.0.1:{port}", log_path, proc, workdir)
+    try:
+        if ready is not None:
+            wait_until_ready(server, ready, timeout)
+        yield server
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def start_server(
+    workdir: Path,
+    env: Mapping[str, str],
+    *,
+    model: str = "demo",
+    args: Sequence[str] = (),
+    secret: str,
+    timeout: float = 180,
+) -> Iterator[LiveServer]:
+    """The real product: `python -m neuronpedia_graph MODEL` (gunicorn) on a free port.
+
+    Args:
+        workdir: working directory; holds the log, the spool and an (empty) .env path.
+        env: settings as environment variables, over CPU/loopback defaults.
+        model: the model argument.
+        args: extra command-line arguments.
+        secret: the SECRET it requires.
+        timeout: seconds to wait for /health.
+    """
+    port = free_port()
+    settings = {
+        "SECRET": secret,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "DEVICE": "cpu",
+        "SPOOL_DIR": str(workdir / "spool"),
+        **env,
+    }
+    argv = [sys.executable, "-m", "neuronpedia_graph", model, "--env-file", str(workdir / ".env")]
+    with start_process([*argv, *args], workdir, settings, port=port, timeout=timeout) as server:
+        yield server
