@@ -13,11 +13,8 @@ Run: `.venv/bin/python bench/e2e_latency.py [--repeats 7]`.
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,46 +56,19 @@ def bare_path(repeats: int) -> list[float]:
 
 
 def server_path(repeats: int) -> list[float]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from testkit.live import start_server
+
     secret = secrets.token_hex(16)
-    workdir = tempfile.mkdtemp(prefix="npg-bench-")
-    env = {
-        **os.environ,
-        "SECRET": secret,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "DEVICE": "cpu",
-        "HF_HUB_OFFLINE": "1",
-        "LOG_LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "neuronpedia_graph", "demo", "--env-file", f"{workdir}/.env"],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("server did not start")
-            time.sleep(0.2)
+    workdir = Path(tempfile.mkdtemp(prefix="npg-bench-"))
+    env = {"HF_HUB_OFFLINE": "1", "LOG_LEVEL": "WARNING"}
+    with start_server(workdir, env, secret=secret) as server:
         body = {"prompt": PROMPT, "model_id": "demo", "slug_identifier": "bench", **PARAMS}
         times = []
         with requests.Session() as session:
             for i in range(repeats + 1):
                 started = time.perf_counter()
                 res = session.post(
-                    f"{base}/generate-graph",
+                    server.url("/generate-graph"),
                     json=body,
                     headers={"x-secret-key": secret},
                     timeout=300,
@@ -107,9 +77,6 @@ def server_path(repeats: int) -> list[float]:
                 if i:
                     times.append(time.perf_counter() - started)
         return times
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def main() -> int:

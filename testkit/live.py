@@ -84,6 +84,7 @@ def start_process(
     ready: Callable[[str], bool] | None = health_ready,
     timeout: float = 180,
     new_session: bool = False,
+    inherit_env: bool = True,
 ) -> Iterator[LiveServer]:
     """Run `argv` in `workdir` with `env` (added to this process's), logging to server.log.
 
@@ -95,6 +96,7 @@ def start_process(
         ready: polled with the base URL until true; None yields at once.
         timeout: seconds to wait for `ready`.
         new_session: start it as a process-group leader (to signal the whole group).
+        inherit_env: start from this process's environment; False uses `env` alone.
 
     Yields:
         The live server; it is stopped (SIGTERM, then SIGKILL) on exit.
@@ -105,7 +107,7 @@ def start_process(
         proc = subprocess.Popen(
             list(argv),
             cwd=workdir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            env={**(os.environ if inherit_env else {}), "PYTHONUNBUFFERED": "1", **env},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -25,6 +25,7 @@ import orjson
 import pytest
 import requests
 
+from testkit.live import start_process, wait_until_ready
 from tests.conftest import REPO, SECRET, LiveServer, free_port
 from tests.fault_targets import closed_port_url
 
@@ -325,46 +326,32 @@ def worker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAp
         PYTHONUNBUFFERED="1",
         UVICORN_LOG_LEVEL="warning",
     )
-    log_path = workdir / "worker.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(HANDLER_PATH),
-                "--rp_serve_api",
-                "--rp_api_host",
-                "127.0.0.1",
-                "--rp_api_port",
-                str(port),
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        yield LocalApi(f"http://127.0.0.1:{port}", log_path, proc)
-    finally:
-        stop_process_group(proc)
+    argv = [sys.executable, str(HANDLER_PATH), "--rp_serve_api", "--rp_api_host", "127.0.0.1"]
+    with start_process(
+        [*argv, "--rp_api_port", str(port)],
+        workdir,
+        env,
+        port=port,
+        ready=None,
+        new_session=True,
+        inherit_env=False,
+    ) as server:
+        yield server
+        stop_process_group(server.proc)
 
 
 @pytest.fixture(scope="module")
 def local_api(worker_process: LocalApi) -> LocalApi:
     """The worker, once it answers: the local API has no /health, but its docs page does."""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if worker_process.proc.poll() is not None:
-            code = worker_process.proc.returncode
-            pytest.fail(f"worker exited with {code}:\n{worker_process.log()[-4000:]}")
-        try:
-            if requests.get(f"{worker_process.base}/docs", timeout=1).status_code == 200:
-                return worker_process
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"worker API did not answer:\n{worker_process.log()[-4000:]}")
+    try:
+        wait_until_ready(worker_process, docs_ready, timeout=90)
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"worker API did not answer: {exc}")
+    return worker_process
+
+
+def docs_ready(base: str) -> bool:
+    return requests.get(f"{base}/docs", timeout=1).status_code == 200
 
 
 def stop_process_group(proc: subprocess.Popen) -> None:
