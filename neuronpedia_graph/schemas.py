@@ -90,7 +90,7 @@ class ForwardPassRequest(PromptOrMessages):
 
 
 class ParseChatPromptRequest(_Request):
-    prompt: Prompt
+    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]  # "" is answered, as originally
 
 
 class SalientLogit(BaseModel):

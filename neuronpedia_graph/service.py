@@ -98,11 +98,11 @@ class GraphService:
         """The text attribution sees: the raw prompt or the chat-rendered messages."""
         if request.prompt is not None:
             return request.prompt
-        from neuronpedia_graph.chat import ChatTemplateMissing, render_chat
+        from neuronpedia_graph.chat import ChatRenderError, render_chat
 
         try:
             return render_chat(self.tokenizer, request.messages or [])
-        except ChatTemplateMissing as exc:
+        except ChatRenderError as exc:
             raise InvalidRequest(str(exc)) from exc
 
     def tokenize(self, prompt: str) -> torch.Tensor:
