@@ -261,12 +261,11 @@ def test_an_empty_prompt_is_just_a_bos(tokenizer) -> None:
 
 def test_text_around_turns_is_read_as_the_original_reads_it(tokenizer) -> None:
     # Prose before the first header is dropped; text after a closed turn joins its content.
-    assert parse_chat_prompt(
-        tokenizer, "Hello <start_of_turn>user\n1 2<end_of_turn>\n"
-    ).messages == [user("1 2")]
-    assert parse_chat_prompt(tokenizer, "<start_of_turn>user\n1 2<end_of_turn>\n3").messages == [
-        user("1 2<end_of_turn>\n3")
-    ]
+    prose_first = "Hello <start_of_turn>user\n1 2<end_of_turn>\n"
+    text_after = "<start_of_turn>user\n1 2<end_of_turn>\n3"
+
+    assert parse_chat_prompt(tokenizer, prose_first).messages == [user("1 2")]
+    assert parse_chat_prompt(tokenizer, text_after).messages == [user("1 2<end_of_turn>\n3")]
 
 
 def test_without_a_template_nothing_is_a_chat(fresh_tokenizer) -> None:
