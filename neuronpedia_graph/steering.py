@@ -19,6 +19,7 @@ each backend's own `generate`, whose frequency-penalty formulas differ.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,8 +29,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import BatchEncoding
 
-from neuronpedia_graph.chat import canonical_prompt
+from neuronpedia_graph.chat import canonical_prompt, unsteerable_positions
 
+logger = logging.getLogger(__name__)
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -70,6 +72,15 @@ class TokenLogits(BaseModel):
     top_logits: list[TopLogit]
 
 
+class IgnoredFeature(BaseModel):
+    """A requested feature that was not applied, and why (the original server dropped these
+    silently; listing them keeps a client from mistaking "no effect" for a finding)."""
+
+    request_index: int  # its index in the request's `features`
+    feature: SteerFeature
+    reason: str
+
+
 class SteerResponse(BaseModel):
     """Both runs, token by token.
 
@@ -80,12 +91,15 @@ class SteerResponse(BaseModel):
     last, and present for the last prompt token and every generated token (the final entry's is
     computed with one extra forward pass). Probabilities are the (steered) model's own softmax,
     before temperature and frequency penalty, so runs with different sampling compare directly.
+    ignored_features: the features dropped because their steer_position holds a BOS
+    (`chat.unsteerable_positions`); empty when every feature was applied.
     """
 
     DEFAULT_GENERATION: str
     STEERED_GENERATION: str
     DEFAULT_LOGITS_BY_TOKEN: list[TokenLogits]
     STEERED_LOGITS_BY_TOKEN: list[TokenLogits]
+    ignored_features: list[IgnoredFeature] = Field(default_factory=list)
 
 
 class SteerValidationError(ValueError):
@@ -115,6 +129,36 @@ def validate_features(model: Any, request: SteerRequest, n_prompt_tokens: int) -
             raise SteerValidationError(f"features[{i}]: {problem}")
 
 
+def drop_unsteerable(
+    features: Sequence[SteerFeature], unsteerable: Sequence[int]
+) -> tuple[list[SteerFeature], list[IgnoredFeature]]:
+    """Split features into those to apply and those steered at an unsteerable position.
+
+    As the original server does, only `steer_position` decides: a feature steering generated
+    tokens is always applied, and so is one that merely reads its activation at a BOS.
+
+    Args:
+        features: the request's features, already validated.
+        unsteerable: positions that must not be steered (`chat.unsteerable_positions`).
+
+    Returns:
+        (features to apply, features ignored with their reason), each in request order.
+    """
+    blocked = set(unsteerable)
+    kept: list[SteerFeature] = []
+    ignored: list[IgnoredFeature] = []
+    for i, feature in enumerate(features):
+        if feature.steer_position in blocked:
+            reason = (
+                f"steer_position {feature.steer_position} holds a BOS token, which is never "
+                f"steered (unsteerable positions: {sorted(blocked)})"
+            )
+            ignored.append(IgnoredFeature(request_index=i, feature=feature, reason=reason))
+        else:
+            kept.append(feature)
+    return kept, ignored
+
+
 def steer(model: Any, request: SteerRequest) -> SteerResponse:
     """Run the prompt without and with the request's interventions and report both.
 
@@ -122,6 +166,9 @@ def steer(model: Any, request: SteerRequest) -> SteerResponse:
     `token_active_position` on the prompt plus `delta`. It is applied at `steer_position`, or,
     with `steer_generated_tokens`, at every generated token (so it first changes the token after
     the first generated one: the first is predicted from the prompt alone).
+
+    Features whose `steer_position` holds a BOS are not applied (see `drop_unsteerable`); they
+    are listed in `ignored_features`, and with none left the steered run equals the default one.
 
     `freeze_attention` holds attention patterns at their unsteered values for the same tokens
     in every forward pass, so effects travel only through the residual stream and MLPs.
@@ -142,14 +189,26 @@ def steer(model: Any, request: SteerRequest) -> SteerResponse:
     prompt_ids = prompt_token_ids(model, request.prompt)
     n_prompt = len(prompt_ids)
     validate_features(model, request, n_prompt)
+    features, ignored = drop_unsteerable(
+        request.features, unsteerable_positions(tokenizer, request.prompt)
+    )
+    if ignored:
+        logger.info(
+            "steer: ignoring %d feature(s) steered at a BOS position: request indexes %s",
+            len(ignored),
+            [item.request_index for item in ignored],
+        )
     seed = request.seed if request.seed is not None else secrets.randbits(63)
     stop_ids = _stop_token_ids(model)
     with _tensor_inputs(model):
-        interventions = _interventions(model, request, prompt_ids)
         default_ids, default_rows = _generate(model, prompt_ids, [], request, seed, stop_ids)
-        steered_ids, steered_rows = _generate(
-            model, prompt_ids, interventions, request, seed, stop_ids
-        )
+        if features:
+            interventions = _interventions(model, features, prompt_ids)
+            steered_ids, steered_rows = _generate(
+                model, prompt_ids, interventions, request, seed, stop_ids
+            )
+        else:  # nothing to apply: the steered run would repeat the default one exactly
+            steered_ids, steered_rows = default_ids, default_rows
     all_prompt = prompt_ids.tolist()
     return SteerResponse(
         DEFAULT_GENERATION=request.prompt + _continuation(tokenizer, all_prompt, default_ids),
@@ -160,6 +219,7 @@ def steer(model: Any, request: SteerRequest) -> SteerResponse:
         STEERED_LOGITS_BY_TOKEN=_by_token(
             tokenizer, all_prompt + steered_ids, n_prompt, steered_rows, request.top_k
         ),
+        ignored_features=ignored,
     )
 
 
@@ -184,13 +244,13 @@ def _feature_problem(
 
 
 def _interventions(
-    model: Any, request: SteerRequest, prompt_ids: torch.Tensor
+    model: Any, features: Sequence[SteerFeature], prompt_ids: torch.Tensor
 ) -> list[tuple[int, int | slice, int, float]]:
-    """circuit-tracer (layer, position, feature, value) tuples for the request's features."""
+    """circuit-tracer (layer, position, feature, value) tuples for the features to apply."""
     _, activations = model.get_activations(prompt_ids, sparse=True)
     generated = slice(len(prompt_ids), None)
     out: list[tuple[int, int | slice, int, float]] = []
-    for f in request.features:
+    for f in features:
         if f.ablate:
             value = 0.0
         else:
