@@ -1,11 +1,16 @@
 """Chat prompts: rendering messages with the model's template, and reading a rendered prompt back.
 
-Everything here is about the text circuit-tracer tokenizes, so positions use its convention:
-`ensure_tokenized` tokenizes without special tokens and prepends a BOS *unless the text already
-starts with a special token*. That exception matters for Gemma-style templates, whose turns
-start with `<start_of_turn>` (a special token): with the template's leading `<bos>` stripped,
-circuit-tracer would run the model with no BOS at all. `canonical_prompt` is the one place that
-decides when the BOS text is dropped (circuit-tracer re-adds it) and when it must stay.
+The Neuronpedia web app was written against the original graph server, so both directions
+behave as that server's do: the web app stores the rendered string as the graph's prompt, sends
+it back for "Remix" and steering, and greys out steering controls at the positions
+`/parse-chat-prompt` reports.
+
+Positions use circuit-tracer's convention: `ensure_tokenized` tokenizes without special tokens
+and prepends a BOS *unless the text already starts with a special token*. That exception matters
+for Gemma-style templates, whose turns start with `<start_of_turn>` (a special token): with the
+template's leading `<bos>` stripped, circuit-tracer would run the model with no BOS at all.
+`canonical_prompt` is the one place that decides when the BOS text is dropped (circuit-tracer
+re-adds it) and when it must stay.
 """
 
 from __future__ import annotations
@@ -13,16 +18,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from circuit_tracer.replacement_model.common import ensure_tokenized
+from neuronpedia_graph.schemas import ChatMessage, ParsedChatPrompt, Role
 
-from neuronpedia_graph.schemas import ChatMessage, ParsedChatPrompt
+# The roles whose turn delimiters are learned, in the order they win ties while parsing.
+_ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 
-# Probe contents for learning a template's turn delimiters: plain letters survive `trim` and
-# similar filters, and they cannot collide with any template's own text.
-_PROBES = ("QqzxSENTINELzero", "QqzxSENTINELone", "QqzxSENTINELtwo")
+# Stands in for every message's content while probing a template. Upper-case letters survive
+# `trim`, `upper` and similar filters, and cannot collide with any template's own text.
+_PROBE = "QZXNPGRAPHPROBEQZX"
 
 
-class ChatTemplateMissing(ValueError):
+class ChatRenderError(ValueError):
+    """The model's chat template cannot render these messages (the client's input is at fault)."""
+
+
+class ChatTemplateMissing(ChatRenderError):
     """The model's tokenizer has no chat template, so messages cannot be rendered."""
 
 
@@ -50,201 +60,224 @@ def canonical_prompt(tokenizer: Any, text: str) -> str:
 
 
 def prompt_positions(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of `text` indexed by position, as attribution and steering count them."""
+    """Token ids of `text` indexed by position, as attribution and steering count them.
+
+    Args:
+        tokenizer: the model's Hugging Face tokenizer.
+        text: a prompt, with or without its leading BOS text.
+
+    Returns:
+        The ids circuit-tracer runs the model on, BOS first; just the BOS for an empty prompt.
+    """
+    from circuit_tracer.replacement_model.common import ensure_tokenized
+
+    text = canonical_prompt(tokenizer, text)
+    if not tokenizer(text, add_special_tokens=False).input_ids:
+        return [_stand_in_bos(tokenizer)]  # ensure_tokenized cannot take zero tokens
     model_name = getattr(tokenizer, "name_or_path", "") or ""
-    ids = ensure_tokenized(canonical_prompt(tokenizer, text), tokenizer, "cpu", model_name)
-    return ids.tolist()
+    return ensure_tokenized(text, tokenizer, "cpu", model_name).tolist()
+
+
+def unsteerable_positions(tokenizer: Any, text: str) -> list[int]:
+    """The positions `/steer` refuses to steer at: every BOS, in `prompt_positions` order.
+
+    A BOS carries no content, and pushing on it destabilises everything after it; turn markers
+    and other special tokens are legitimate targets, so they stay steerable. `/steer` applies
+    this rule and `/parse-chat-prompt` reports it, so a client hides exactly the controls the
+    server would ignore. Position 0 counts as a BOS also when circuit-tracer prepended a stand-in
+    (a tokenizer without a BOS token).
+
+    Args:
+        tokenizer: the model's Hugging Face tokenizer.
+        text: the prompt as the client sends it to `/steer` (a leading BOS text is fine).
+
+    Returns:
+        Sorted positions; `[0]` for a plain prompt.
+    """
+    ids = prompt_positions(tokenizer, text)
+    body = tokenizer(canonical_prompt(tokenizer, text), add_special_tokens=False).input_ids
+    prepended = set(range(len(ids) - len(body)))
+    bos_id = tokenizer.bos_token_id
+    holding_bos = {i for i, token in enumerate(ids) if bos_id is not None and token == bos_id}
+    return sorted(prepended | holding_bos)
 
 
 def render_chat(tokenizer: Any, messages: list[ChatMessage]) -> str:
-    """Render messages as the model was trained to see them, ready for attribution or steering.
+    """Render messages exactly as the original server does: the text it attributes and echoes.
 
-    A conversation ending with a user (or system) turn gets the template's generation prompt, so
-    the model's next token is its reply. One ending with an assistant turn is left open
-    (`continue_final_message`): that turn is a prefill the model continues. The leading BOS
-    string follows `canonical_prompt` (dropped only when circuit-tracer re-adds it).
+    The final turn stays open (`continue_final_message`), so the model continues it rather than
+    starting the next speaker's turn. A trailing empty (or whitespace-only) assistant turn
+    cannot be expressed that way (transformers finds the empty content at the very end and
+    leaves the turn closed), so it means "the turns before it, plus the generation prompt".
+    A template that rejects `continue_final_message` gets the generation prompt instead.
+    The result keeps whatever BOS text the template writes; `canonical_prompt` makes sure it
+    still tokenizes with exactly one BOS.
+
+    Args:
+        tokenizer: the model's Hugging Face tokenizer (it must have a chat template).
+        messages: the conversation, at least one message.
+
+    Returns:
+        The rendered prompt string.
+
+    Raises:
+        ChatTemplateMissing: the tokenizer has no chat template.
+        ChatRenderError: the template refuses these messages (e.g. roles that must alternate).
     """
     if not messages:
         raise ValueError("messages: at least one message is required")
     _require_template(tokenizer)
     conversation = [m.model_dump() for m in messages]
-    open_final = messages[-1].role == "assistant"
-    rendered = tokenizer.apply_chat_template(
-        conversation,
-        tokenize=False,
-        add_generation_prompt=not open_final,
-        continue_final_message=open_final,
-    )
-    return canonical_prompt(tokenizer, rendered)
+    final = messages[-1]
+    try:  # arbitrary template code: whatever it raises is a verdict on the client's messages
+        if len(messages) > 1 and final.role == "assistant" and not final.content.strip():
+            return _apply(tokenizer, conversation[:-1], add_generation_prompt=True)
+        try:
+            return _apply(tokenizer, conversation, continue_final_message=True)
+        except Exception:
+            return _apply(tokenizer, conversation, add_generation_prompt=True)
+    except Exception as exc:
+        raise ChatRenderError(
+            f"The chat template of {_model_name(tokenizer)} cannot render these messages: {exc}"
+        ) from exc
 
 
 def parse_chat_prompt(tokenizer: Any, prompt: str) -> ParsedChatPrompt:
-    """Recover the messages of a rendered chat prompt and the positions steering should skip.
+    """Recover the turns behind a rendered chat prompt, and the positions steering skips.
 
-    The template's delimiters are learned by rendering probe conversations, so no template is
-    hard-coded. A prompt is a chat when it is made entirely of those turns (an optional
-    template preamble, complete turns, then a generation prompt or one open assistant turn).
-    For a chat, `unsteerable_positions` lists position 0 (the BOS) and every token lying wholly
-    inside the template's own text (turn markers, role names, the newlines they add), in the
-    positions of `prompt_positions`. A plain prompt has none.
+    Answers as the original server's `/parse-chat-prompt`: `prompt` is the input without one
+    leading BOS text (what the web app puts back in its editor). The turn delimiters are learned
+    from the tokenizer's own template (no template is hard-coded); every occurrence of a turn
+    header starts a message that runs to the next header, minus the turn's closing text, and
+    text before the first header is ignored. Roles come back canonical (Gemma's `model` is
+    `assistant`), and an empty trailing assistant turn (a generation prompt) is kept.
+    `is_chat` is true when a header was found; otherwise `messages` is None.
+
+    Args:
+        tokenizer: the model's Hugging Face tokenizer.
+        prompt: a rendered prompt, e.g. a graph's `metadata.prompt`.
+
+    Returns:
+        The parsed reply; `unsteerable_positions` as `unsteerable_positions` computes them.
     """
     body = strip_leading_bos(tokenizer, prompt)
-    delimiters = _learn_delimiters(tokenizer) if _has_template(tokenizer) else None
-    parsed = _parse(body, delimiters) if delimiters else None
-    if parsed is None:
-        return ParsedChatPrompt(messages=None, is_chat=False, prompt=body, unsteerable_positions=[])
-    messages, template_spans = parsed
+    turns = _learn_turns(tokenizer) if _has_template(tokenizer) else []
+    messages = _split_turns(body, turns)
     return ParsedChatPrompt(
         messages=messages,
-        is_chat=True,
+        is_chat=messages is not None,
         prompt=body,
-        unsteerable_positions=_template_positions(tokenizer, body, template_spans),
+        unsteerable_positions=unsteerable_positions(tokenizer, prompt),
     )
 
 
-# --------------------------------------------------------------------------- template learning
-@dataclass(frozen=True)
-class _Delimiters:
-    preamble: str  # text before the first turn when there is no system turn (e.g. a default one)
-    turns: dict[str, tuple[str, str]]  # role -> (prefix, suffix) around the content
-    generation_prompt: str
-
-
+# --------------------------------------------------------------------------- template helpers
 def _has_template(tokenizer: Any) -> bool:
     return getattr(tokenizer, "chat_template", None) is not None
 
 
+def _model_name(tokenizer: Any) -> str:
+    return getattr(tokenizer, "name_or_path", "") or "this model"
+
+
 def _require_template(tokenizer: Any) -> None:
     if not _has_template(tokenizer):
-        name = getattr(tokenizer, "name_or_path", "") or "this model"
         raise ChatTemplateMissing(
-            f"The tokenizer of {name} has no chat template, so chat messages cannot be "
-            "rendered; send a plain prompt instead."
+            f"The tokenizer of {_model_name(tokenizer)} has no chat template, so chat messages "
+            "cannot be rendered; send a plain prompt instead."
         )
 
 
-def _render(tokenizer: Any, turns: list[tuple[str, str]], generation_prompt: bool) -> str:
-    conversation = [{"role": role, "content": content} for role, content in turns]
-    text = tokenizer.apply_chat_template(
-        conversation, tokenize=False, add_generation_prompt=generation_prompt
-    )
-    return strip_leading_bos(tokenizer, text)
+def _apply(tokenizer: Any, conversation: list[dict[str, str]], **options: bool) -> str:
+    return tokenizer.apply_chat_template(conversation, tokenize=False, **options)
 
 
-def _cut(text: str, marker: str) -> tuple[str, str]:
-    """The text before and after `marker`, which must occur exactly once."""
-    if text.count(marker) != 1:
-        raise ValueError(f"probe {marker!r} does not occur exactly once in the render")
-    before, _, after = text.partition(marker)
-    return before, after
+def _stand_in_bos(tokenizer: Any) -> int:
+    """The id circuit-tracer puts first when the text has none: the first truthy candidate."""
+    candidates = [tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id]
+    return next(filter(None, [*candidates, *tokenizer.all_special_ids]), 0)
 
 
-def _learn_delimiters(tokenizer: Any) -> _Delimiters | None:
-    """Learn prefixes and suffixes per role from probe renders; None when they are not clean.
+# ---------------------------------------------------------------------------- turn delimiters
+@dataclass(frozen=True)
+class _Turn:
+    role: Role
+    header: str  # the literal text that opens this role's turns
+    footer: str  # the literal text that closes them
 
-    Renders [user], [user, assistant] and [user, assistant, user]: the text between two probes
-    is the first turn's suffix followed by the next turn's prefix, and the suffixes are known
-    from the shorter renders, so every prefix and suffix falls out without guessing.
+
+def _probe(tokenizer: Any, roles: tuple[str, ...]) -> list[str] | None:
+    """The template's own text around each content of a probe conversation, or None.
+
+    None when the template refuses the role sequence or does not show each content once.
     """
-    a, b, c = _PROBES
-    try:  # arbitrary template code: any failure just means "cannot parse chats of this model"
-        one = _render(tokenizer, [("user", a)], False)
-        one_gen = _render(tokenizer, [("user", a)], True)
-        two = _render(tokenizer, [("user", a), ("assistant", b)], False)
-        three = _render(tokenizer, [("user", a), ("assistant", b), ("user", c)], False)
-        head, user_suffix = _cut(one, a)
-        user_then_assistant, assistant_suffix = _cut(_cut(two, a)[1], b)
-        assistant_then_user = _cut(_cut(three, b)[1], c)[0]
-    except Exception:
+    conversation = [{"role": role, "content": _PROBE} for role in roles]
+    try:
+        rendered = _apply(tokenizer, conversation, add_generation_prompt=False)
+    except Exception:  # arbitrary template code: a refusal just means "no such turn"
         return None
-    if not (
-        user_then_assistant.startswith(user_suffix)
-        and assistant_then_user.startswith(assistant_suffix)
-        and one_gen.startswith(one)
-    ):
+    pieces = rendered.split(_PROBE)
+    return pieces if len(pieces) == len(roles) + 1 else None
+
+
+def _header_after_user(pieces: list[str] | None, user_footer: str) -> str | None:
+    """The second turn's header in a probe that starts with a user turn."""
+    if pieces is None or not pieces[1].startswith(user_footer):
         return None
-    user_prefix = assistant_then_user[len(assistant_suffix) :]
-    assistant_prefix = user_then_assistant[len(user_suffix) :]
-    if not head.endswith(user_prefix):
+    return pieces[1][len(user_footer) :]
+
+
+def _learn_turns(tokenizer: Any) -> list[_Turn]:
+    """Every role's header and footer, learned by rendering probe conversations.
+
+    A role's header is read between two user turns where the template allows that (a turn in
+    final position may be decorated, like Qwen 3's empty `<think>` block), else after one user
+    turn. A template that forbids two user turns in a row (Gemma's alternation rule) leaves only
+    the opening of a lone user turn, read without its BOS. The footer is what follows the role's
+    content when it is the last turn. Roles the template refuses, and empty headers (which could
+    not be searched for), are left out.
+    """
+    lone_user = _probe(tokenizer, ("user",))
+    if lone_user is None:
+        return []
+    opening, user_footer = lone_user
+    turns = []
+    for role in _ROLES:
+        pair = _probe(tokenizer, ("user", role))
+        header = _header_after_user(_probe(tokenizer, ("user", role, "user")), user_footer)
+        if header is None:
+            header = _header_after_user(pair, user_footer)
+        if header is None and role == "user":
+            header = strip_leading_bos(tokenizer, opening)
+        if header:
+            turns.append(_Turn(role, header, pair[-1] if pair is not None else user_footer))
+    return turns
+
+
+def _split_turns(text: str, turns: list[_Turn]) -> list[ChatMessage] | None:
+    """The messages of `text` given the learned turns; None when no header occurs in it.
+
+    Where headers overlap, the earliest wins, then the longest (so a header that is a prefix of
+    another cannot claim its match), then the role listed first.
+    """
+    found: list[tuple[int, int, int, _Turn]] = []
+    for rank, turn in enumerate(turns):
+        at = text.find(turn.header)
+        while at != -1:
+            found.append((at, -len(turn.header), rank, turn))
+            at = text.find(turn.header, at + len(turn.header))
+    found.sort(key=lambda hit: hit[:3])
+    kept: list[tuple[int, _Turn]] = []
+    for at, _, _, turn in found:
+        if not kept or at >= kept[-1][0] + len(kept[-1][1].header):
+            kept.append((at, turn))
+    if not kept:
         return None
-    turns = {"user": (user_prefix, user_suffix), "assistant": (assistant_prefix, assistant_suffix)}
-    system = _learn_system(tokenizer, user_prefix)
-    if system is not None:
-        turns["system"] = system
-    if not all(prefix and suffix for prefix, suffix in turns.values()):
-        return None  # an empty delimiter would make turn boundaries ambiguous
-    return _Delimiters(
-        preamble=head[: len(head) - len(user_prefix)],
-        turns=turns,
-        generation_prompt=one_gen[len(one) :],
-    )
-
-
-def _learn_system(tokenizer: Any, user_prefix: str) -> tuple[str, str] | None:
-    """A system turn's delimiters, or None when the template rejects or folds system turns."""
-    a, b, _ = _PROBES
-    try:  # e.g. Gemma 2 raises "System role not supported"
-        prefix, after = _cut(_render(tokenizer, [("system", a), ("user", b)], False), a)
-        system_then_user = _cut(after, b)[0]
-    except Exception:
-        return None
-    if not system_then_user.endswith(user_prefix):
-        return None  # folded into the user turn (Gemma 3): no delimiters of its own
-    return prefix, system_then_user[: len(system_then_user) - len(user_prefix)]
-
-
-# --------------------------------------------------------------------------------- parsing
-def _parse(
-    text: str, delimiters: _Delimiters
-) -> tuple[list[ChatMessage], list[tuple[int, int]]] | None:
-    """Messages and the character spans of template text, or None when `text` is not a chat."""
-    spans: list[tuple[int, int]] = []
-    messages: list[ChatMessage] = []
-    pos = 0
-    preamble = delimiters.preamble
-    if preamble and text.startswith(preamble):
-        spans.append((0, len(preamble)))
-        pos = len(preamble)
-    by_prefix_length = sorted(delimiters.turns.items(), key=lambda kv: -len(kv[1][0]))
-    while pos < len(text):
-        rest = text[pos:]
-        if messages and delimiters.generation_prompt and rest == delimiters.generation_prompt:
-            spans.append((pos, len(text)))
-            break
-        match = next(((r, d) for r, d in by_prefix_length if rest.startswith(d[0])), None)
-        if match is None:
-            return None
-        role, (prefix, suffix) = match
-        start = pos + len(prefix)
-        spans.append((pos, start))
-        end = text.find(suffix, start)
-        if end < 0:  # an open final turn: only an assistant prefill may be left unterminated
-            if role != "assistant":
-                return None
-            messages.append(ChatMessage(role="assistant", content=text[start:]))
-            break
-        messages.append(ChatMessage.model_validate({"role": role, "content": text[start:end]}))
-        spans.append((end, end + len(suffix)))
-        pos = end + len(suffix)
-    return (messages, spans) if messages else None
-
-
-def _template_positions(tokenizer: Any, body: str, spans: list[tuple[int, int]]) -> list[int]:
-    """Positions (BOS at 0) of the tokens that lie wholly inside the template's text."""
-    encoding = tokenizer(body, add_special_tokens=False, return_offsets_mapping=True)
-    body_ids: list[int] = encoding.input_ids
-    positions = prompt_positions(tokenizer, body)
-    lead = len(positions) - len(body_ids)
-    if lead < 0 or positions[lead:] != body_ids:
-        raise RuntimeError("chat prompt tokenization does not line up with circuit-tracer's")
-    merged: list[list[int]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    unsteerable = list(range(lead))
-    for k, (start, end) in enumerate(encoding.offset_mapping):
-        if any(s <= start and end <= e for s, e in merged):
-            unsteerable.append(lead + k)
-    return unsteerable
+    messages = []
+    for i, (at, turn) in enumerate(kept):
+        end = kept[i + 1][0] if i + 1 < len(kept) else len(text)
+        content = text[at + len(turn.header) : end]
+        if content.endswith(turn.footer):
+            content = content[: len(content) - len(turn.footer)]
+        messages.append(ChatMessage(role=turn.role, content=content))
+    return messages

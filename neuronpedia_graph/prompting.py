@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from neuronpedia_graph.chat import ChatTemplateMissing, canonical_prompt, render_chat
+from neuronpedia_graph.chat import (
+    ChatRenderError,
+    canonical_prompt,
+    render_chat,
+    unsteerable_positions,
+)
 from neuronpedia_graph.errors import InvalidRequest
 from neuronpedia_graph.schemas import ChatMessage, EncodedPrompt
 
@@ -21,24 +26,28 @@ class ModelPrompts:
         self._model = model
 
     def render(self, messages: list[ChatMessage]) -> str:
-        """Chat messages as the model's template renders them (400 when it has no template)."""
+        """Chat messages as the model's template renders them (400 when it has no template, or
+        the template refuses the messages)."""
         try:
             return render_chat(self._model.tokenizer, messages)
-        except ChatTemplateMissing as exc:
+        except ChatRenderError as exc:
             raise InvalidRequest(str(exc)) from exc
 
     def encode(self, text: str) -> EncodedPrompt:
-        """Token ids by position, BOS at 0; an empty prompt gives no ids and no content."""
+        """Token ids by position, BOS at 0; an empty prompt gives no ids and no content.
+
+        `content_tokens` counts as the original server counted against TOKEN_LIMIT: the text's
+        own tokens, without the BOS that circuit-tracer adds (a BOS written in the text, as
+        rendered chat templates do, is part of the text and counts).
+        """
         tokenizer = self._model.tokenizer
         canonical = canonical_prompt(tokenizer, text)
         if not canonical or not tokenizer(canonical, add_special_tokens=False).input_ids:
             return EncodedPrompt(text=canonical, ids=[], content_tokens=0)
         ids: list[int] = self._model.ensure_tokenized(canonical).tolist()
-        bos = ids[0] if ids[0] in set(tokenizer.all_special_ids) else None
-        unsteerable = frozenset(p for p, i in enumerate(ids) if i == bos)
         return EncodedPrompt(
             text=canonical,
             ids=ids,
-            content_tokens=len(ids) - (1 if bos is not None else 0),
-            unsteerable=unsteerable,
+            content_tokens=len(tokenizer(text, add_special_tokens=False).input_ids),
+            unsteerable=frozenset(unsteerable_positions(tokenizer, text)),
         )

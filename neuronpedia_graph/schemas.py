@@ -114,8 +114,11 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
+Role = Literal["system", "user", "assistant"]
+
+
 class ChatMessage(_Request):
-    role: Literal["system", "user", "assistant"]
+    role: Role
     content: str
 
 
@@ -232,7 +235,8 @@ class ForwardPassRequest(PromptOrMessages):
 
 
 class ParseChatPromptRequest(_Request):
-    prompt: Prompt
+    # An empty prompt is answered (not a chat), as the original server does.
+    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
     model_id: ModelId | None = None
 
     @model_validator(mode="after")
@@ -326,12 +330,11 @@ class TokenLogits(BaseModel):
 
 
 class IgnoredFeature(BaseModel):
-    """A requested feature that was not applied, and why (e.g. it targets the BOS)."""
+    """A requested feature that was not applied, and why (the original server dropped these
+    silently; listing them keeps a client from mistaking "no effect" for a finding)."""
 
-    index_in_request: int
-    layer: int
-    index: int
-    position: int
+    request_index: int  # its index in the request's `features`
+    feature: SteerFeature
     reason: str
 
 
@@ -345,6 +348,8 @@ class SteerResponse(BaseModel):
     last, and present for the last prompt token and every generated token (the final entry's is
     computed with one extra forward pass). Probabilities are the (steered) model's own softmax,
     before temperature and frequency penalty, so runs with different sampling compare directly.
+    ignored_features: the features dropped because their steer_position holds a BOS
+    (`chat.unsteerable_positions`); empty when every feature was applied.
     """
 
     DEFAULT_GENERATION: str
@@ -355,6 +360,8 @@ class SteerResponse(BaseModel):
 
 
 class ParsedChatPrompt(BaseModel):
+    """The `/parse-chat-prompt` reply, field for field as the original server sends it."""
+
     messages: list[ChatMessage] | None
     is_chat: bool
     prompt: str

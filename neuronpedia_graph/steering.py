@@ -20,7 +20,7 @@ each backend's own `generate`, whose frequency-penalty formulas differ.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -48,9 +48,9 @@ def steer(model: Any, request: SteerRequest) -> SteerResponse:
     Per feature, the value set is 0 when ablating, else the feature's activation at
     `token_active_position` on the prompt plus `delta`. It is applied at `steer_position`, or,
     with `steer_generated_tokens`, at every generated token (so it first changes the token after
-    the first generated one: the first is predicted from the prompt alone). Features that touch
-    an unsteerable position (the BOS) are not applied, as in the original Neuronpedia server,
-    and are listed in `ignored_features` instead.
+    the first generated one: the first is predicted from the prompt alone). Features whose
+    `steer_position` holds a BOS are not applied, as in the original Neuronpedia server, and are
+    listed in `ignored_features` instead (see `drop_unsteerable`).
 
     `freeze_attention` holds attention patterns at their unsteered values for the same tokens
     in every forward pass, so effects travel only through the residual stream and MLPs.
@@ -79,7 +79,7 @@ def steer(model: Any, request: SteerRequest) -> SteerResponse:
     # Already canonical (BOS first), so this only moves the ids to the model's device.
     prompt_ids = model.ensure_tokenized(list(encoded.ids))
     n_prompt = len(prompt_ids)
-    applied, ignored = _split_features(request.features, encoded.unsteerable)
+    applied, ignored = drop_unsteerable(request.features, encoded.unsteerable)
     seed = request.seed if request.seed is not None else secrets.randbits(63)
     stop_ids = _stop_token_ids(model)
     with _tensor_inputs(model):
@@ -105,30 +105,33 @@ def steer(model: Any, request: SteerRequest) -> SteerResponse:
 
 
 # ------------------------------------------------------------------------------ internals
-def _split_features(
-    features: Sequence[SteerFeature], unsteerable: frozenset[int]
+def drop_unsteerable(
+    features: Sequence[SteerFeature], unsteerable: Collection[int]
 ) -> tuple[list[SteerFeature], list[IgnoredFeature]]:
-    """The features to apply, and those dropped because they touch an unsteerable position."""
-    applied: list[SteerFeature] = []
+    """Split features into those to apply and those steered at an unsteerable position.
+
+    As the original server does, only `steer_position` decides: a feature steering generated
+    tokens is always applied, and so is one that merely reads its activation at a BOS.
+
+    Args:
+        features: the request's features, already validated.
+        unsteerable: positions that must not be steered (`chat.unsteerable_positions`).
+
+    Returns:
+        (features to apply, features ignored with their reason), each in request order.
+    """
+    kept: list[SteerFeature] = []
     ignored: list[IgnoredFeature] = []
     for i, feature in enumerate(features):
-        touched = [feature.token_active_position]
-        if feature.steer_position is not None:
-            touched.append(feature.steer_position)
-        position = next((p for p in touched if p in unsteerable), None)
-        if position is None:
-            applied.append(feature)
-            continue
-        ignored.append(
-            IgnoredFeature(
-                index_in_request=i,
-                layer=feature.layer,
-                index=feature.index,
-                position=position,
-                reason=f"position {position} is a BOS token, which is not steerable",
+        if feature.steer_position in unsteerable:
+            reason = (
+                f"steer_position {feature.steer_position} holds a BOS token, which is never "
+                f"steered (unsteerable positions: {sorted(unsteerable)})"
             )
-        )
-    return applied, ignored
+            ignored.append(IgnoredFeature(request_index=i, feature=feature, reason=reason))
+        else:
+            kept.append(feature)
+    return kept, ignored
 
 
 def _interventions(

@@ -36,6 +36,10 @@ LIVE_SETTINGS = {
 # fails when the copy drifts from the one the web app team publishes in ../shared/.
 SCHEMA_PATH = REPO / "tests" / "contracts" / "neuronpedia-graph-schema.json"
 SHARED_SCHEMA_PATH = REPO.parent / "shared" / "contracts" / "neuronpedia-graph-schema.json"
+# Input -> output vectors of the original graph server's chat functions on the demo tokenizer,
+# vendored the same way (test_chat.py checks the copy against ../shared/).
+PARITY_PATH = REPO / "tests" / "contracts" / "webapp-parity.json"
+SHARED_PARITY_PATH = REPO.parent / "shared" / "contracts" / "webapp-parity.json"
 
 
 @pytest.fixture(scope="session")

@@ -184,27 +184,146 @@ def test_steer_with_chat_messages(client, auth):
     assert res.get_json()["DEFAULT_LOGITS_BY_TOKEN"][0]["token"] == "<bos>"
 
 
-def test_parse_chat_prompt(client, auth):
-    rendered = "<start_of_turn>user\nThe city of Paris is in<end_of_turn>\n<start_of_turn>model\n"
-    body = client.post(
-        "/parse-chat-prompt", json={"prompt": "<bos>" + rendered}, headers=auth
-    ).get_json()
-    assert body["is_chat"] is True and body["prompt"] == rendered
-    assert body["messages"] == [{"role": "user", "content": PARIS}]
-    assert 0 in body["unsteerable_positions"] and 4 not in body["unsteerable_positions"]
-    plain = client.post("/parse-chat-prompt", json={"prompt": PARIS}, headers=auth).get_json()
-    assert plain == {
-        "messages": None,
-        "is_chat": False,
-        "prompt": PARIS,
-        "unsteerable_positions": [],
-    }
-    res = client.post("/parse-chat-prompt", json={"prompt": ""}, headers=auth)
-    assert res.status_code == 422
+CHAT = "<start_of_turn>user\nThe city of Paris is in<end_of_turn>\n<start_of_turn>model\n"
 
 
-def test_model_without_chat_template_rejects_messages(tmp_path, auth):
-    """A user's own model may lack a template: messages get a clear 400, prompts still work."""
+@pytest.mark.parametrize(
+    ("prompt", "reply"),
+    [
+        (
+            "<bos>" + CHAT,
+            {
+                "messages": [
+                    {"role": "user", "content": PARIS},
+                    {"role": "assistant", "content": ""},
+                ],
+                "is_chat": True,
+                "prompt": CHAT,
+                "unsteerable_positions": [0],
+            },
+        ),
+        (
+            PARIS,
+            {"messages": None, "is_chat": False, "prompt": PARIS, "unsteerable_positions": [0]},
+        ),
+        ("", {"messages": None, "is_chat": False, "prompt": "", "unsteerable_positions": [0]}),
+        (
+            "<bos><bos>" + PARIS,
+            {
+                "messages": None,
+                "is_chat": False,
+                "prompt": "<bos>" + PARIS,
+                "unsteerable_positions": [0, 1],
+            },
+        ),
+    ],
+    ids=["chat", "plain", "empty", "double-bos"],
+)
+def test_parse_chat_prompt_answers_as_the_original(client, auth, prompt, reply):
+    # The web app's exact body: it sends request_type to plain hosts too.
+    body = {"prompt": prompt, "request_type": "parse-chat-prompt"}
+    res = client.post("/parse-chat-prompt", json=body, headers=auth)
+    assert res.status_code == 200, res.get_json()
+    assert res.get_json() == reply
+
+
+def test_parse_chat_prompt_does_not_wait_for_the_model(client, auth, service):
+    with service.lock.hold():
+        res = client.post("/parse-chat-prompt", json={"prompt": PARIS}, headers=auth)
+    assert res.status_code == 200 and res.get_json()["unsteerable_positions"] == [0]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [({}, "prompt"), ({"prompt": None}, "prompt"), ({"prompt": "x" * 10_001}, "prompt")],
+)
+def test_parse_chat_prompt_rejects_a_missing_or_oversized_prompt(client, auth, body, needle):
+    res = client.post("/parse-chat-prompt", json=body, headers=auth)
+    assert res.status_code == 422 and needle in res.get_json()["error"]
+    assert (
+        client.post("/parse-chat-prompt", json={"prompt": PARIS}, headers=auth).status_code == 200
+    )
+
+
+def test_steer_lists_features_it_ignores_at_the_bos(client, auth):
+    applied = {"layer": 0, "index": 0, "token_active_position": 1, "steer_position": 1}
+    at_bos = {**applied, "steer_position": 0}
+    features = [{**applied, "delta": 1.0}, {**at_bos, "delta": 500.0}]
+
+    body = client.post("/steer", json=steer_body(features=features), headers=auth).get_json()
+
+    assert body["ignored_features"] == [
+        {
+            "request_index": 1,
+            "feature": {
+                **at_bos,
+                "steer_generated_tokens": False,
+                "delta": 500.0,
+                "ablate": False,
+            },
+            "reason": body["ignored_features"][0]["reason"],
+        }
+    ]
+    assert "steer_position 0 holds a BOS token" in body["ignored_features"][0]["reason"]
+    alone = client.post("/steer", json=steer_body(features=features[:1]), headers=auth).get_json()
+    assert alone["ignored_features"] == []
+    del body["ignored_features"], alone["ignored_features"]
+    assert body == alone
+
+
+def test_steer_positions_of_a_chat_count_its_one_bos(client, auth):
+    # Rendered server-side from messages, the chat's <bos> text is position 0 and unsteerable;
+    # its first turn marker (position 1) is steered.
+    features = [
+        {"layer": 0, "index": 0, "token_active_position": 1, "steer_position": p, "delta": 500.0}
+        for p in (0, 1)
+    ]
+    body = steer_body(features=features, messages=[{"role": "user", "content": PARIS}])
+    del body["prompt"]
+    reply = client.post("/steer", json=body, headers=auth).get_json()
+    tokens = [e["token"] for e in reply["DEFAULT_LOGITS_BY_TOKEN"]]
+    assert tokens[:2] == ["<bos>", "<start_of_turn>"] and tokens.count("<bos>") == 1
+    assert [i["request_index"] for i in reply["ignored_features"]] == [0]
+    assert reply["STEERED_LOGITS_BY_TOKEN"] != reply["DEFAULT_LOGITS_BY_TOKEN"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "rendered"),
+    [
+        ([{"role": "user", "content": PARIS}], "<bos><start_of_turn>user\n" + PARIS),
+        (
+            [{"role": "user", "content": PARIS}, {"role": "assistant", "content": " "}],
+            "<bos>" + CHAT,
+        ),
+    ],
+    ids=["open-user-turn", "blank-assistant-turn"],
+)
+def test_forward_pass_renders_messages_as_the_original(client, auth, messages, rendered):
+    res = client.post("/forward-pass", json={"messages": messages}, headers=auth)
+    assert res.status_code == 200, res.get_json()
+    body = res.get_json()
+    assert body["prompt"] == rendered
+    assert body["input_tokens"][:2] == ["<bos>", "<start_of_turn>"]
+    assert body["input_tokens"].count("<bos>") == 1
+
+
+STRICT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "messages", "needle"),
+    [
+        (None, [{"role": "user", "content": PARIS}], "has no chat template"),
+        (STRICT_TEMPLATE, [{"role": "system", "content": PARIS}], "System role not supported"),
+    ],
+    ids=["no-template", "template-refuses"],
+)
+def test_messages_the_model_cannot_render_get_a_400(tmp_path, auth, template, messages, needle):
+    """A user's own model may lack a template, or refuse a turn: messages get a clear 400."""
     from neuronpedia_graph.api import create_app
     from neuronpedia_graph.loading import load_model
     from neuronpedia_graph.service import GraphService
@@ -215,6 +334,8 @@ def test_model_without_chat_template_rejects_messages(tmp_path, auth):
     config_path = model_dir / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config.pop("chat_template")
+    if template is not None:
+        config["chat_template"] = template
     config_path.write_text(json.dumps(config))
     settings = Settings(
         model_id=str(model_dir), transcoder_set=str(demo.TRANSCODER_DIR), device="cpu"
@@ -222,7 +343,6 @@ def test_model_without_chat_template_rejects_messages(tmp_path, auth):
     client = create_app(
         GraphService(load_model(settings), settings), auth["x-secret-key"]
     ).test_client()
-    messages = [{"role": "user", "content": PARIS}]
     for path, body in (
         ("/forward-pass", {"messages": messages}),
         ("/generate-graph", {"messages": messages, "model_id": "model", "slug_identifier": "x"}),
@@ -231,7 +351,7 @@ def test_model_without_chat_template_rejects_messages(tmp_path, auth):
         body = {k: v for k, v in body.items() if v is not None}
         res = client.post(path, json=body, headers=auth)
         assert res.status_code == 400, (path, res.get_json())
-        assert "has no chat template" in res.get_json()["error"]
+        assert needle in res.get_json()["error"]
     assert client.post("/forward-pass", json={"prompt": PARIS}, headers=auth).status_code == 200
 
 
@@ -242,22 +362,6 @@ def test_no_features_and_top_k_zero_are_accepted_like_the_original(client, auth)
     assert body["STEERED_GENERATION"] == body["DEFAULT_GENERATION"]
     assert body["ignored_features"] == []
     assert all(e["top_logits"] == [] for e in body["DEFAULT_LOGITS_BY_TOKEN"])
-
-
-def test_features_at_the_bos_are_dropped_and_listed(client, auth):
-    bos_feature = {
-        "layer": 0,
-        "index": 0,
-        "token_active_position": 0,
-        "steer_position": 0,
-        "delta": 50.0,
-    }
-    res = client.post("/steer", json=steer_body(features=[bos_feature]), headers=auth)
-    assert res.status_code == 200, res.get_json()
-    body = res.get_json()
-    assert body["STEERED_GENERATION"] == body["DEFAULT_GENERATION"]
-    [ignored] = body["ignored_features"]
-    assert ignored["index_in_request"] == 0 and ignored["position"] == 0
 
 
 @pytest.mark.parametrize(

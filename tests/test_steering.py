@@ -10,6 +10,7 @@ from neuronpedia_graph.chat import ChatMessage, render_chat
 from neuronpedia_graph.errors import InvalidRequest
 from neuronpedia_graph.prompting import ModelPrompts
 from neuronpedia_graph.schemas import (
+    IgnoredFeature,
     RequestContext,
     SteerFeature,
     SteerRequest,
@@ -17,7 +18,7 @@ from neuronpedia_graph.schemas import (
     TokenLogits,
     parse_request,
 )
-from neuronpedia_graph.steering import steer
+from neuronpedia_graph.steering import drop_unsteerable, steer
 
 PARIS = "The city of Paris is in"
 ROME = "The city of Rome is in"
@@ -281,6 +282,82 @@ def test_the_model_is_left_unchanged_even_when_a_run_fails(model, monkeypatch) -
 
     assert model.tokenizer is tokenizer
     assert steer(model, req) == before
+
+
+# ------------------------------------------------------------------ unsteerable positions
+def test_only_the_steer_position_decides_what_is_dropped() -> None:
+    at_bos = SteerFeature.model_validate({**VALID, "token_active_position": 0, "steer_position": 0})
+    read_at_bos = SteerFeature.model_validate({**VALID, "token_active_position": 0})
+    generated = SteerFeature.model_validate(
+        {
+            **VALID,
+            "token_active_position": 0,
+            "steer_position": None,
+            "steer_generated_tokens": True,
+        }
+    )
+    at_second_bos = SteerFeature.model_validate({**VALID, "steer_position": 3, "ablate": True})
+    at_second_bos = at_second_bos.model_copy(update={"delta": None})
+
+    kept, ignored = drop_unsteerable([at_bos, read_at_bos, generated, at_second_bos], [0, 3])
+
+    assert kept == [read_at_bos, generated]
+    assert [(i.request_index, i.feature) for i in ignored] == [(0, at_bos), (3, at_second_bos)]
+    assert "steer_position 0 holds a BOS token" in ignored[0].reason
+    assert "[0, 3]" in ignored[1].reason
+    assert drop_unsteerable([at_bos], []) == ([at_bos], [])
+
+
+def test_a_feature_steered_at_the_bos_is_ignored_and_listed(model, say_7_feature) -> None:
+    last = last_position(model, COUNT_TO_3)
+    real = steer_at(say_7_feature, last, delta=50.0)
+    # A layer-0 feature: what it writes at the BOS reaches the last position through layer 1.
+    at_bos = {**VALID, "token_active_position": last, "steer_position": 0, "delta": 500.0}
+    # Applied, the BOS intervention would change the model's prediction ...
+    plain, _ = model.feature_intervention(COUNT_TO_3, [])
+    pushed, _ = model.feature_intervention(COUNT_TO_3, [(0, 0, VALID["index"], 500.0)])
+    assert not torch.allclose(plain[..., -1, :], pushed[..., -1, :])
+
+    both = steer(model, request(COUNT_TO_3, features=[at_bos, real]))
+    only_real = steer(model, request(COUNT_TO_3, features=[real]))
+
+    # ... so an identical reply means it was not applied.
+    assert both.model_dump(exclude={"ignored_features"}) == only_real.model_dump(
+        exclude={"ignored_features"}
+    )
+    assert only_real.ignored_features == []
+    assert both.ignored_features == [
+        IgnoredFeature(
+            request_index=0,
+            feature=SteerFeature.model_validate(at_bos),
+            reason=both.ignored_features[0].reason,
+        )
+    ]
+
+
+def test_with_every_feature_ignored_the_steered_run_is_the_default(model) -> None:
+    at_bos = {**VALID, "steer_position": 0, "delta": 500.0}
+    reply = steer(model, request(COUNT_TO_3, features=[at_bos]))
+
+    assert len(reply.ignored_features) == 1
+    assert reply.STEERED_GENERATION == reply.DEFAULT_GENERATION
+    assert reply.STEERED_LOGITS_BY_TOKEN == reply.DEFAULT_LOGITS_BY_TOKEN
+
+
+def test_turn_markers_are_steered_and_every_bos_is_not(model) -> None:
+    chat = render_chat(model.tokenizer, [ChatMessage(role="user", content=COUNT_TO_3)])
+    marker = {**VALID, "token_active_position": 1, "steer_position": 1, "delta": 500.0}
+
+    reply = steer(model, request(chat, features=[marker]))
+
+    assert reply.DEFAULT_LOGITS_BY_TOKEN[1].token == "<start_of_turn>"
+    assert reply.ignored_features == []
+    assert reply.STEERED_LOGITS_BY_TOKEN != reply.DEFAULT_LOGITS_BY_TOKEN
+    # A BOS inside the prompt is as unsteerable as the first one.
+    inner = {**VALID, "steer_position": 3}
+    reply = steer(model, request("1 2<bos> 3", features=[inner]))
+    assert reply.DEFAULT_LOGITS_BY_TOKEN[3].token == "<bos>"
+    assert [i.request_index for i in reply.ignored_features] == [0]
 
 
 # ---------------------------------------------------------------------------- validation
