@@ -277,6 +277,9 @@ class SteerFeature(_Request):
 
 
 class SteerRequest(PromptOrMessages):
+    # The original server set no limit on steering; FORWARD_PASS_TOKEN_LIMIT still bounds it.
+    token_limit_setting: ClassVar[str] = "forward_pass_token_limit"
+
     model_id: ModelId
     features: Annotated[list[SteerFeature], Field(max_length=1024)]
     n_tokens: Annotated[Int, Field(ge=1, le=256)] = 10

@@ -83,10 +83,10 @@ class Settings(BaseSettings):
     lazy_encoder: bool = _setting(False, "load transcoder encoders lazily")
     lazy_decoder: bool = _setting(True, "load transcoder decoders lazily")
     token_limit: int = _setting(
-        64, "max prompt tokens for graphs and steering (BOS not counted)", ge=1, le=100_000
+        64, "max prompt tokens for graphs (BOS not counted)", ge=1, le=100_000
     )
     forward_pass_token_limit: int = _setting(
-        2048, "max prompt tokens for /forward-pass (BOS not counted)", ge=1, le=1_000_000
+        2048, "max prompt tokens for /forward-pass and /steer (BOS not counted)", ge=1, le=1_000_000
     )
     max_feature_nodes: int = _setting(10_000, "server cap for max_feature_nodes", ge=1)
     max_graph_links: int = _setting(2_000_000, "largest graph (links) served or uploaded", ge=1)

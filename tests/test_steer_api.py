@@ -160,7 +160,7 @@ def test_feature_rules_name_the_feature(client, auth, feature, needle):
         (steer_body(model_id="google/gemma-2-2b"), 400, "is not available"),
         (steer_body(messages=[{"role": "user", "content": "hi"}]), 422, "exactly one"),
         ({k: v for k, v in steer_body().items() if k != "prompt"}, 422, "exactly one"),
-        (steer_body(prompt=" 1" * 80), 400, "Prompt exceeds token limit"),
+        (steer_body(prompt=" 1" * 2049), 400, "Prompt exceeds token limit (2049 > 2048"),
     ],
 )
 def test_steer_request_validation(client, auth, body, status, needle):
