@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -21,6 +20,7 @@ from pydantic import (
 
 from neuronpedia_graph.chat import ChatMessage
 from neuronpedia_graph.errors import InvalidField, InvalidRequest
+from neuronpedia_graph.upload_guard import check_url_syntax
 
 MAX_PROMPT_CHARS = 10_000
 SLUG_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -74,13 +74,8 @@ class GraphRequest(PromptOrMessages):
     @field_validator("signed_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        # Kept as the exact string: re-normalising a presigned URL would break its signature.
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http(s) URL")
-        return value
+        # Shape only; the host policy (allowlist, DNS) is applied by the service before work.
+        return None if value is None else check_url_syntax(value)
 
 
 class ForwardPassRequest(PromptOrMessages):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from neuronpedia_graph import __version__
-from neuronpedia_graph.errors import InvalidField, InvalidRequest, UploadFailed
+from neuronpedia_graph.errors import InvalidField, InvalidRequest
 from neuronpedia_graph.loading import LoadedModel, circuit_tracer_version
 from neuronpedia_graph.model_lock import ModelLock
 from neuronpedia_graph.schemas import (
@@ -30,6 +30,7 @@ from neuronpedia_graph.schemas import (
     SalientLogit,
 )
 from neuronpedia_graph.settings import Settings
+from neuronpedia_graph.upload_queue import Ticket, UploadQueue
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class GraphService:
         self.loaded = loaded
         self.settings = settings
         self.lock = ModelLock()
+        self.uploads = UploadQueue.from_settings(settings)
         self.started_at = time.time()
         self.ct_version = circuit_tracer_version()
 
@@ -207,7 +209,8 @@ class GraphService:
             )
         prompt = self.prompt_text(request)
         timings = Timings()
-        with self.lock.hold(lock_timeout):
+        ticket = self.uploads.admit(request.signed_url, lock_timeout)  # 422 / 503 before work
+        with ticket, self.lock.hold(lock_timeout):
             try:
                 body = self._attribute_to_json(request, prompt, timings)
             finally:
@@ -216,7 +219,7 @@ class GraphService:
         if request.signed_url is None:
             result.body = body
         else:
-            result.upload = self._upload(request, body, timings)
+            result.upload = self._upload(request, body, timings, ticket)
         logger.info(
             "graph slug=%s json_bytes=%d %s",
             request.slug_identifier,
@@ -255,38 +258,17 @@ class GraphService:
         del graph, node_mask, edge_mask, scores
         return body
 
-    def _upload(self, request: GraphRequest, body: bytes, timings: Timings) -> Any:
+    def _upload(self, request: GraphRequest, body: bytes, timings: Timings, ticket: Ticket) -> Any:
         from neuronpedia_graph.compression import gzip_compress
-        from neuronpedia_graph.upload import UploadError, UploadPolicy, put_graph, spool_graph
 
-        if request.compress:
-            with timings.phase("compress"):
-                body = gzip_compress(body, level=self.settings.gzip_level)
-        policy = UploadPolicy(
-            connect_timeout=self.settings.upload_connect_timeout,
-            read_timeout=self.settings.upload_read_timeout,
-            retries=self.settings.upload_retries,
-            backoff_factor=self.settings.upload_backoff,
-        )
-        try:
+        with ticket:  # gives the upload slot back if compression fails
+            if request.compress:
+                with timings.phase("compress"):
+                    body = gzip_compress(body, level=self.settings.gzip_level)
             with timings.phase("upload"):
-                return put_graph(
-                    request.signed_url or "", body, compressed=request.compress, policy=policy
+                return self.uploads.deliver(
+                    ticket, body, slug=request.slug_identifier, compressed=request.compress
                 )
-        except UploadError as exc:
-            path = spool_graph(
-                body,
-                self.settings.spool_dir,
-                slug=request.slug_identifier,
-                compressed=request.compress,
-            )
-            logger.error("upload failed (%s); graph kept in spool file %s", exc.detail, path)
-            raise UploadFailed(
-                f"Failed to upload graph: {exc.detail}",
-                spool_file=path.name,
-                upload_status=exc.status,
-                upload_code=exc.code,
-            ) from exc
 
     # ------------------------------------------------------------ forward pass
     def forward_pass(

@@ -11,10 +11,20 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from neuronpedia_graph.upload_guard import DEFAULT_ALLOWED_HOSTS, validate_allowed_hosts
 
 Backend = Literal["nnsight", "transformerlens"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
@@ -50,6 +60,10 @@ class Settings(BaseModel):
     upload_read_timeout: float = Field(120.0, gt=0)
     upload_retries: int = Field(3, ge=0, le=10)
     upload_backoff: float = Field(0.5, ge=0)
+    upload_allowed_hosts: Annotated[str, AfterValidator(validate_allowed_hosts)] = (
+        DEFAULT_ALLOWED_HOSTS
+    )
+    upload_workers: int = Field(4, ge=1, le=64)
     log_level: str = "INFO"
     dev: bool = False
 
@@ -99,6 +113,8 @@ ENV_VARS: dict[str, str] = {
     "upload_read_timeout": "UPLOAD_READ_TIMEOUT",
     "upload_retries": "UPLOAD_RETRIES",
     "upload_backoff": "UPLOAD_BACKOFF",
+    "upload_allowed_hosts": "UPLOAD_ALLOWED_HOSTS",
+    "upload_workers": "UPLOAD_WORKERS",
     "log_level": "LOG_LEVEL",
 }
 

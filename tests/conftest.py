@@ -24,6 +24,8 @@ pytest_plugins = ["tests.s3_server"]
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "test-secret-0123456789"
+# S3 (SeaweedFS) and the fault targets listen on loopback, which uploads refuse by default.
+LOCAL_UPLOAD_HOSTS = "127.0.0.1"
 # The web app's graph schema, vendored so the contract test always runs; test_contract_copy
 # fails when the copy drifts from the one the web app team publishes in ../shared/.
 SCHEMA_PATH = REPO / "tests" / "contracts" / "neuronpedia-graph-schema.json"
@@ -47,6 +49,7 @@ def demo_settings(tmp_path_factory: pytest.TempPathFactory):
         spool_dir=tmp_path_factory.mktemp("spool"),
         upload_read_timeout=2.0,
         upload_backoff=0.01,
+        upload_allowed_hosts=LOCAL_UPLOAD_HOSTS,
         max_feature_nodes=2000,
     )
 
@@ -128,6 +131,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         "SPOOL_DIR": str(workdir / "spool"),
         "UPLOAD_READ_TIMEOUT": "2",
         "UPLOAD_BACKOFF": "0.01",
+        "UPLOAD_ALLOWED_HOSTS": LOCAL_UPLOAD_HOSTS,
         "MAX_FEATURE_NODES": "2000",
         "PYTHONUNBUFFERED": "1",
     }
