@@ -252,18 +252,25 @@ def _read_head(response: BaseHTTPResponse, limit: int, seconds: float) -> bytes:
 def _s3_error(head: bytes) -> tuple[str | None, str | None]:
     """(Code, Message) of an S3 XML error document; (None, None) when it is not one.
 
-    The code is kept only when it is 1-64 ASCII letters and digits (every S3 code is): it is
-    the one piece of the target's reply that is passed on to the client. The message is only
-    for the server log. Parsing is safe on untrusted input: the bundled expat (>= 2.4) refuses
-    entity-expansion bombs and ElementTree never fetches external entities.
+    Parsed incrementally, so the code is found even when the reply was cut at
+    `MAX_REPLY_BYTES`. The code is kept only when it is 1-64 ASCII letters and digits (every
+    S3 code is): it is the one piece of the target's reply that is passed on to the client.
+    The message is only for the server log. A document with a DTD is not parsed at all, so
+    no entity is ever expanded (and ElementTree never fetches external ones).
     """
-    if not head.lstrip().startswith(b"<"):
-        return None, None
+    if not head.lstrip().startswith(b"<") or b"<!DOCTYPE" in head.upper():
+        return None, None  # S3 error documents have no DTD, so none is parsed (no entities)
+    parser = ET.XMLPullParser(events=("start", "end"))
+    fields: dict[str, str] = {}
+    depth = 0
     try:
-        root = ET.fromstring(head)
+        parser.feed(head)
+        for event, element in parser.read_events():
+            depth += 1 if event == "start" else -1
+            if event == "end" and depth == 1:  # a direct child of <Error>
+                fields.setdefault(element.tag.rsplit("}", 1)[-1], (element.text or "").strip())
     except ET.ParseError:
-        return None, None
-    fields = {child.tag.rsplit("}", 1)[-1]: (child.text or "").strip() for child in root}
+        pass
     code = fields.get("Code") or ""
     return (code if _SAFE_CODE.fullmatch(code) else None), (fields.get("Message") or None)
 

@@ -126,7 +126,10 @@ def _parse(url: str) -> _Parsed:
     """Check the URL's shape, without any policy or DNS. Raises UploadURLRefused."""
     if not isinstance(url, str) or not url.isascii() or any(c.isspace() for c in url):
         raise UploadURLRefused("must be an ASCII http(s) URL without spaces")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. brackets around something that is not an IPv6 address
+        raise UploadURLRefused("is not a valid URL (check the host)") from None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.netloc:
         raise UploadURLRefused("must be an http(s) URL")
