@@ -24,6 +24,7 @@ from neuronpedia_graph.upload_guard import (
     check_url_syntax,
 )
 from tests.fault_targets import flaky_target, tls_target
+from tests.test_upload_http import INTERNAL_URLS
 
 SIGNATURE = "X-Amz-Signature=5ecret5ecret5ecret"
 POLICY = UploadPolicy(connect_timeout=2.0, read_timeout=5.0, retries=1, backoff_factor=0.01)
@@ -61,40 +62,6 @@ def refused(guard: UploadGuard, url: str) -> str:
 
 
 # --- every written form of an internal address --------------------------------------------
-
-INTERNAL_URLS = [
-    "http://169.254.169.254/latest/meta-data/",
-    "http://2852039166/latest/meta-data/",  # 169.254.169.254 as one decimal number
-    "http://0xa9fea9fe/",  # hex
-    "http://0xa9.0xfe.0xa9.0xfe/",  # dotted hex
-    "http://0251.0376.0251.0376/",  # dotted octal
-    "http://169.254.43518/",  # a.b.c16
-    "http://[::ffff:169.254.169.254]/",  # IPv4-mapped IPv6
-    "http://[::ffff:a9fe:a9fe]/",  # the same, in hex
-    "http://[64:ff9b::a9fe:a9fe]/",  # NAT64
-    "http://[2002:a9fe:a9fe::1]/",  # 6to4
-    "http://[fd00:ec2::254]/",  # AWS IMDS over IPv6
-    "http://168.63.129.16/",  # Azure wire server (a public address)
-    "http://100.100.100.200/",  # Alibaba metadata (shared address space)
-    "http://10.0.0.1/",
-    "http://172.16.5.4/",
-    "http://192.168.1.1/",
-    "http://127.0.0.1/",
-    "http://2130706433/",  # 127.0.0.1
-    "http://0x7f000001/",
-    "http://0177.0.0.1/",
-    "http://127.1/",
-    "http://[::1]/",
-    "http://[::ffff:127.0.0.1]/",
-    "http://[::]/",
-    "http://0.0.0.0/",
-    "http://0/",
-    "http://[fe80::1]/",
-    "http://[fc00::1]/",
-    "http://224.0.0.1/",
-    "http://100.64.0.1/",
-    "http://localhost/",  # resolved for real: loopback
-]
 
 
 @pytest.mark.parametrize("url", INTERNAL_URLS)
