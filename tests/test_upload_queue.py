@@ -143,3 +143,16 @@ def test_refused_url_in_a_runpod_job_is_a_422_output(service) -> None:
     with pytest.raises(InvalidField) as info:
         service.generate_graph(request, lock_timeout=1.0)
     assert info.value.status == 422 and "not an allowed upload host" in info.value.message
+
+
+def test_a_graph_delivered_after_the_pool_stopped_is_still_uploaded(tmp_path) -> None:
+    queue = make_queue(tmp_path)
+    ticket = queue.admit(closed_port_url())
+    queue.shutdown()  # as at interpreter exit, while a request thread still has a graph
+
+    with pytest.raises(UploadFailed) as info:
+        queue.deliver(ticket, GRAPH, slug="late", compressed=False)
+
+    (kept,) = (tmp_path / "spool").iterdir()
+    assert info.value.extra["spool_file"] == kept.name and kept.read_bytes() == GRAPH
+    queue.admit(closed_port_url()).release()  # and its slot came back
