@@ -118,9 +118,10 @@ def main() -> int:
         proc.wait(timeout=60)
 
     print(f"worker peak RSS growth per upload request (reply body {args.reply_mb} MB):")
-    print(f"  empty 200 reply:           {normal:7.1f} MB  (HTTP {normal_status})")
+    print(f"  {'empty 200 reply':24} {normal:7.1f} MB  (HTTP {normal_status})")
     for status, (growth, code) in results.items():
-        print(f"  {status} + {args.reply_mb} MB reply:     {growth:7.1f} MB  (HTTP {code})")
+        label = f"{status} + {args.reply_mb} MB reply"
+        print(f"  {label:24} {growth:7.1f} MB  (HTTP {code})")
     print(
         f"reply_mb={args.reply_mb} baseline_growth_mb={normal:.1f} "
         f"huge403_growth_mb={results[403][0]:.1f} huge200_growth_mb={results[200][0]:.1f} "
