@@ -14,15 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.functional_validators import AfterValidator
 
 from neuronpedia_graph.upload_guard import DEFAULT_ALLOWED_HOSTS, validate_allowed_hosts
 
