@@ -50,6 +50,7 @@ def serve_gunicorn(settings: Settings) -> None:
     from gunicorn.app.base import BaseApplication
 
     from neuronpedia_graph.loading import ModelLoadError
+    from neuronpedia_graph.upload_queue import install_shutdown_notice
 
     class GraphServer(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -57,7 +58,9 @@ def serve_gunicorn(settings: Settings) -> None:
                 "bind": f"{settings.host}:{settings.port}",
                 "workers": 1,
                 "worker_class": "gthread",
-                "threads": settings.threads,
+                # Requests waiting on their upload hold a thread each: give them their own.
+                "threads": settings.threads + settings.upload_workers,
+                "post_worker_init": lambda _worker: install_shutdown_notice(),
                 "timeout": 0,
                 "graceful_timeout": 30,
                 "control_socket_disable": True,

@@ -40,7 +40,9 @@ class Operation:
         method: the `GraphService` method that takes the validated request.
         needs_lock: the method uses the model, which runs one operation at a time (busy: 503).
         finish: a `GraphService` method run after the model is released (graph delivery), given
-            the request and `method`'s result.
+            the request, `method`'s result, the timings and the reservation.
+        reserve: a `GraphService` method that reserves what `finish` needs (an upload slot)
+            before the model is taken; a context manager that gives it back on failure.
         statuses: every status the operation can answer.
         runpod_aliases: other `request_type` values the web app sends for this operation.
     """
@@ -53,6 +55,7 @@ class Operation:
     needs_lock: bool
     statuses: tuple[int, ...]
     finish: str | None = None
+    reserve: str | None = None
     runpod_aliases: tuple[str, ...] = ()
 
     @property
@@ -68,6 +71,7 @@ OPERATIONS: tuple[Operation, ...] = (
         response=UploadResponse,
         method="attribute_graph",
         finish="deliver_graph",
+        reserve="reserve_upload",
         needs_lock=True,
         statuses=(200, *_COMMON, 502, 503),
         runpod_aliases=("graph",),

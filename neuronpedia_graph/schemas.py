@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Protocol, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -31,6 +30,7 @@ from pydantic import (
 )
 
 from neuronpedia_graph.errors import InvalidField, InvalidRequest
+from neuronpedia_graph.upload_guard import check_url_syntax
 
 MAX_PROMPT_CHARS = 10_000
 # Slugs become part of spool file names, which upload.py shortens to stay under NAME_MAX.
@@ -198,13 +198,8 @@ class GraphRequest(PromptOrMessages):
     @field_validator("signed_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        # Kept as the exact string: re-normalising a presigned URL would break its signature.
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http(s) URL")
-        return value
+        # Shape only; the host policy (allowlist, DNS) is applied by the service before work.
+        return None if value is None else check_url_syntax(value)
 
     @model_validator(mode="after")
     def _feature_node_cap(self, info: ValidationInfo) -> GraphRequest:

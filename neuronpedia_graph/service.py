@@ -10,6 +10,7 @@ can start while this one is still travelling to S3.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -27,7 +28,7 @@ from pydantic import BaseModel
 from neuronpedia_graph import __version__, graph_json
 from neuronpedia_graph.chat import parse_chat_prompt
 from neuronpedia_graph.compression import gzip_compress
-from neuronpedia_graph.errors import GraphTooLarge, UploadFailed
+from neuronpedia_graph.errors import GraphTooLarge
 from neuronpedia_graph.loading import LoadedModel, circuit_tracer_version
 from neuronpedia_graph.model_lock import ModelLock
 from neuronpedia_graph.operations import Operation
@@ -48,7 +49,7 @@ from neuronpedia_graph.schemas import (
 )
 from neuronpedia_graph.settings import Settings
 from neuronpedia_graph.steering import steer
-from neuronpedia_graph.upload import UploadError, UploadPolicy, put_graph, spool_graph
+from neuronpedia_graph.upload_queue import Ticket, UploadQueue
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class GraphService:
         self.lock = ModelLock()
         self.started_at = time.time()
         self.ct_version = circuit_tracer_version()
+        self.uploads = UploadQueue.from_settings(settings)
         self.context = RequestContext(
             prompts=ModelPrompts(loaded.model),
             model_id=loaded.spec.model_id,
@@ -139,13 +141,17 @@ class GraphService:
         method = getattr(self, op.method)
         if not op.needs_lock:
             return Outcome(method(request, timings), timings)
-        with self.lock.hold(lock_timeout):
-            try:
-                value = method(request, timings)
-            finally:
-                self.free_memory()
-        if op.finish:
-            value = getattr(self, op.finish)(request, value, timings)
+        # Reserved before the model is taken, so a refused or busy resource costs no GPU time;
+        # given back if anything before the finish step fails.
+        reservation = getattr(self, op.reserve)(request, lock_timeout) if op.reserve else None
+        with reservation or contextlib.nullcontext():
+            with self.lock.hold(lock_timeout):
+                try:
+                    value = method(request, timings)
+                finally:
+                    self.free_memory()
+            if op.finish:
+                value = getattr(self, op.finish)(request, value, timings, reservation)
         return Outcome(value, timings)
 
     def free_memory(self) -> None:
@@ -254,8 +260,12 @@ class GraphService:
                 max_graph_bytes=limit,
             )
 
+    def reserve_upload(self, request: GraphRequest, lock_timeout: float | None) -> Ticket:
+        """An upload slot and a target that passed the SSRF policy (422 / 503 before any work)."""
+        return self.uploads.admit(request.signed_url, lock_timeout)
+
     def deliver_graph(
-        self, request: GraphRequest, staged: StagedGraph, timings: Timings
+        self, request: GraphRequest, staged: StagedGraph, timings: Timings, ticket: Ticket
     ) -> GraphResult:
         """Return the document, or compress and upload it (the model is free again)."""
         body, n_nodes, n_links = staged.body, staged.nodes, staged.links
@@ -263,7 +273,7 @@ class GraphService:
         if request.signed_url is None:
             result.document = body
         else:
-            result.upload = self._upload(request, body, timings)
+            result.upload = self._upload(request, body, timings, ticket)
         logger.info(
             "graph slug=%s json_bytes=%d nodes=%d links=%d %s",
             request.slug_identifier,
@@ -274,30 +284,17 @@ class GraphService:
         )
         return result
 
-    def _upload(self, request: GraphRequest, body: bytes, timings: Timings) -> UploadResponse:
-        if request.compress:
-            with timings.phase("compress"):
-                body = gzip_compress(body, level=self.settings.gzip_level)
-        policy = UploadPolicy.from_settings(self.settings)
-        try:
+    def _upload(
+        self, request: GraphRequest, body: bytes, timings: Timings, ticket: Ticket
+    ) -> UploadResponse:
+        with ticket:  # gives the upload slot back if compression fails
+            if request.compress:
+                with timings.phase("compress"):
+                    body = gzip_compress(body, level=self.settings.gzip_level)
             with timings.phase("upload"):
-                done = put_graph(
-                    request.signed_url or "", body, compressed=request.compress, policy=policy
+                done = self.uploads.deliver(
+                    ticket, body, slug=request.slug_identifier, compressed=request.compress
                 )
-        except UploadError as exc:
-            path = spool_graph(
-                body,
-                self.settings.spool_dir,
-                slug=request.slug_identifier,
-                compressed=request.compress,
-            )
-            logger.error("upload failed (%s); graph kept in spool file %s", exc.detail, path)
-            raise UploadFailed(
-                f"Failed to upload graph: {exc.detail}",
-                spool_file=path.name,
-                upload_status=exc.status,
-                upload_code=exc.code,
-            ) from exc
         return UploadResponse(url=done.url, bytes=done.bytes, compressed=done.compressed)
 
     # ------------------------------------------------------------ forward pass

@@ -15,9 +15,9 @@ import argparse
 import contextvars
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -26,6 +26,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from neuronpedia_graph.upload_guard import DEFAULT_ALLOWED_HOSTS, validate_allowed_hosts
 
 Backend = Literal["nnsight", "transformerlens"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
@@ -104,6 +106,14 @@ class Settings(BaseSettings):
     upload_read_timeout: float = _setting(120.0, "upload read timeout (s)", gt=0)
     upload_retries: int = _setting(3, "upload retries after the first attempt", ge=0, le=10)
     upload_backoff: float = _setting(0.5, "upload retry backoff factor (s)", ge=0)
+    upload_allowed_hosts: Annotated[str, AfterValidator(validate_allowed_hosts)] = _setting(
+        DEFAULT_ALLOWED_HOSTS,
+        "comma-separated hosts signed_url may upload to: names, *.suffix wildcards, IPs or "
+        "CIDRs (only exact names and IPs may resolve to internal addresses)",
+    )
+    upload_workers: int = _setting(
+        4, "upload slots: graphs uploading at once, each on its own thread", ge=1, le=64
+    )
     log_level: str = _setting("INFO", "DEBUG | INFO | WARNING")
     viewer: bool = _setting(True, "serve the graph viewer page at /")
     dev: bool = _setting(False, "use Flask's development server instead of gunicorn")

@@ -3,6 +3,12 @@
 A graph can take minutes of GPU time to compute, so the upload must not hang forever, must ride
 out transient S3 errors, and must not lose the body when it finally fails (see `spool_graph`).
 The presigned URL's query string is a bearer credential: it never reaches logs or error text.
+
+`put_graph` takes an `UploadTarget`, which only `upload_guard.UploadGuard.check` makes: there is
+no way to upload to a URL that skipped the SSRF policy, and the connection goes to an address
+that policy checked (urllib3 connection pools opened on that IP, with SNI, certificate check
+and Host header for the original name). Whatever the target sends back is read at most
+`MAX_REPLY_BYTES`, and only a sanitized S3 error code from it ever reaches the client.
 """
 
 from __future__ import annotations
@@ -14,19 +20,36 @@ import secrets
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    MaxRetryError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+from urllib3.response import BaseHTTPResponse
+from urllib3.util import Timeout
 from urllib3.util.retry import Retry
 
 from neuronpedia_graph.settings import Settings
+from neuronpedia_graph.upload_guard import UploadTarget, redact_url
+
+__all__ = [
+    "MAX_REPLY_BYTES",
+    "UploadError",
+    "UploadPolicy",
+    "UploadResult",
+    "put_graph",
+    "redact_url",
+    "spool_graph",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +64,12 @@ _URLLIB3_LOGGERS = (
     "urllib3.util.retry",
 )
 _QUERY_IN_TEXT = re.compile(r"\?[^\s'\"<>]+")
-_MAX_ERROR_BODY = 64 * 1024
+# An S3 error document is a few hundred bytes; a reply is never read past this.
+MAX_REPLY_BYTES = 64 * 1024
+_READ_BLOCK = 16 * 1024
+# What of the target's reply may reach the client: an S3-style error code, nothing else.
+_SAFE_CODE = re.compile(r"[A-Za-z0-9]{1,64}")
 _UNSAFE_SLUG_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-# Called with (attempt number, urllib3 response or None, error or None) for each failed attempt.
-_Observer = Callable[[int, Any, Exception | None], None]
 
 
 def _default(name: str) -> Any:
@@ -57,7 +82,7 @@ class UploadPolicy:
 
     The defaults are the settings' defaults (one declaration, in `Settings`). Retry-After from
     the target is honoured but capped at `backoff_max`, so a target cannot park a worker for
-    hours.
+    hours. `ca_certs` is a PEM bundle for https targets (None: certifi's).
     """
 
     connect_timeout: float = _default("upload_connect_timeout")
@@ -65,6 +90,7 @@ class UploadPolicy:
     retries: int = _default("upload_retries")  # extra attempts after the first
     backoff_factor: float = _default("upload_backoff")  # exponential backoff (urllib3 Retry)
     backoff_max: float = 10.0
+    ca_certs: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadPolicy:
@@ -91,9 +117,11 @@ class UploadResult:
 class UploadError(Exception):
     """The upload failed for good; the caller should spool the body and report `detail`.
 
-    `status` is the last HTTP status (None when no response came back), `code` the S3 error
-    code from the XML error body, `message` its human text. Nothing here carries the URL's
-    query string, and the exception is raised without a chained cause for the same reason.
+    `status` is the last HTTP status (None when no response came back) and `code` the S3
+    error code from the XML error body, kept only when it is 1-64 ASCII letters and digits.
+    `detail` is built from those and from local facts (timeouts, OS errors): no text the
+    target wrote (its error message, reason phrase) and never the URL's query string, so it
+    is safe to return to the client. Raised without a chained cause for the same reason.
     """
 
     def __init__(
@@ -102,32 +130,17 @@ class UploadError(Exception):
         *,
         status: int | None = None,
         code: str | None = None,
-        message: str | None = None,
         attempts: int = 0,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.status = status
         self.code = code
-        self.message = message
         self.attempts = attempts
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only attributes are not in `args`; keep them when the error crosses processes.
         return (type(self), (self.detail,), self.__dict__)
-
-
-def redact_url(url: str) -> str:
-    """Drop the query (the signature), fragment and any user:password from a URL for display."""
-    parts = urlsplit(url)
-    if not (parts.scheme and parts.hostname):
-        return parts.path
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        port = ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def _scrub(text: str) -> str:
@@ -137,8 +150,8 @@ def _scrub(text: str) -> str:
 class _RedactQueryFilter(logging.Filter):
     """Rewrites urllib3 log records so signed query strings never reach any handler.
 
-    urllib3 logs the request path including the query at DEBUG, and at WARNING when it retries a
-    broken connection; a filter on the emitting logger runs before every handler sees the record.
+    urllib3 logs the request path including the query at DEBUG; a filter on the emitting
+    logger runs before every handler sees the record.
 
     It is attached process-wide (urllib3's loggers are shared), which only ever removes query
     strings from urllib3's own messages.
@@ -161,41 +174,19 @@ def _install_log_redaction() -> None:
             logger.addFilter(_RedactQueryFilter())
 
 
-class _ObservedRetry(Retry):
-    """urllib3 Retry that reports each failed attempt, so we can log and count attempts.
+def _retry_for(policy: UploadPolicy) -> Retry:
+    """urllib3's retry bookkeeping (counts, backoff, Retry-After), driven by `put_graph`.
 
-    urllib3 copies the Retry object on every increment via `new`, so the observer is carried
-    over explicitly. Read errors are never retried (`read=False`): once the request has gone out
-    the target may have stored it, and a stalled target must fail within one read timeout.
+    Read errors are never retried (`read=False`): once the request has gone out the target may
+    have stored it, and a stalled target must fail within one read timeout. TLS and other
+    errors are not retried either (`other=0`): a bad certificate does not heal in a second.
     """
-
-    observer: _Observer | None = None
-
-    def new(self, **kw: Any) -> _ObservedRetry:
-        retry = super().new(**kw)
-        retry.observer = self.observer
-        return retry
-
-    def increment(
-        self,
-        method: str | None = None,
-        url: str | None = None,
-        response: Any = None,
-        error: Exception | None = None,
-        _pool: Any = None,
-        _stacktrace: Any = None,
-    ) -> _ObservedRetry:
-        if self.observer is not None:
-            self.observer(len(self.history) + 1, response, error)
-        return super().increment(method, url, response, error, _pool, _stacktrace)
-
-
-def _retry_for(policy: UploadPolicy, observer: _Observer) -> Retry:
-    retry = _ObservedRetry(
+    return Retry(
         total=policy.retries,
         connect=policy.retries,
         read=False,
         status=policy.retries,
+        other=0,
         redirect=0,
         allowed_methods=frozenset({"PUT"}),
         status_forcelist=_RETRY_STATUSES,
@@ -206,19 +197,15 @@ def _retry_for(policy: UploadPolicy, observer: _Observer) -> Retry:
         raise_on_status=False,
         raise_on_redirect=False,
     )
-    retry.observer = observer
-    return retry
 
 
 class _BodyReader:
-    """File-like, zero-copy view of the body that requests sends with a Content-Length.
+    """File-like, zero-copy view of the body, sent in blocks with a Content-Length.
 
-    Handing requests plain bytes makes http.client push the whole body in one `sendall`, and
-    since Python 3.5 a socket timeout bounds that entire call: a 100 MB graph on a link slower
-    than 20 MB/s would hit the 5 s connect timeout (urllib3 uses it while sending). Read in
-    blocks, each send gets its own timeout. `__len__` gives requests the Content-Length (so it
-    never falls back to chunked encoding, which S3 rejects for presigned PUTs); `seek`/`tell`
-    let urllib3 rewind the body for a retry.
+    Handing http.client plain bytes makes it push the whole body in one `sendall`, and since
+    Python 3.5 a socket timeout bounds that entire call: a 100 MB graph on a link slower than
+    20 MB/s would hit the 5 s connect timeout (urllib3 uses it while sending). Read in blocks,
+    each send gets its own timeout. `seek` rewinds the body for a retry.
     """
 
     def __init__(self, view: memoryview) -> None:
@@ -256,32 +243,55 @@ def _byte_view(body: bytes | memoryview) -> memoryview:
     return view
 
 
-def _as_sendable(body: bytes | memoryview) -> tuple[_BodyReader | bytes, int]:
-    """The body as something requests sends with Content-Length, and its size in bytes.
+def _read_head(response: BaseHTTPResponse, limit: int, seconds: float) -> bytes:
+    """At most `limit` bytes of a reply, within about `seconds`; the rest is never read.
 
-    An empty body stays bytes, because requests would frame an empty stream as chunked.
+    A 200 MB reply costs 64 KiB, and a target that trickles its reply cannot hold the upload
+    much past one read timeout. Read errors just end the head: it is only used for the code.
     """
-    view = _byte_view(body)
-    if view.nbytes == 0:
-        return b"", 0
-    return _BodyReader(view), view.nbytes
-
-
-def _s3_error(response: requests.Response) -> tuple[str | None, str | None]:
-    """(Code, Message) from an S3 XML error body; (None, None) when the body is not one."""
-    text = response.content[:_MAX_ERROR_BODY]
-    if not text.lstrip().startswith(b"<"):
-        return None, None
+    deadline = time.monotonic() + seconds
+    parts: list[bytes] = []
+    size = 0
     try:
-        root = ET.fromstring(text)
+        while size < limit and time.monotonic() < deadline:
+            block = response.read(min(_READ_BLOCK, limit - size), decode_content=False)
+            if not block:
+                break
+            parts.append(block)
+            size += len(block)
+    except (HTTPError, OSError):
+        pass
+    return b"".join(parts)
+
+
+def _s3_error(head: bytes) -> tuple[str | None, str | None]:
+    """(Code, Message) of an S3 XML error document; (None, None) when it is not one.
+
+    Parsed incrementally, so the code is found even when the reply was cut at
+    `MAX_REPLY_BYTES`. The code is kept only when it is 1-64 ASCII letters and digits (every
+    S3 code is): it is the one piece of the target's reply that is passed on to the client.
+    The message is only for the server log. A document with a DTD is not parsed at all, so
+    no entity is ever expanded (and ElementTree never fetches external ones).
+    """
+    if not head.lstrip().startswith(b"<") or b"<!DOCTYPE" in head.upper():
+        return None, None  # S3 error documents have no DTD, so none is parsed (no entities)
+    parser = ET.XMLPullParser(events=("start", "end"))
+    fields: dict[str, str] = {}
+    depth = 0
+    try:
+        parser.feed(head)
+        for event, element in parser.read_events():
+            depth += 1 if event == "start" else -1
+            if event == "end" and depth == 1:  # a direct child of <Error>
+                fields.setdefault(element.tag.rsplit("}", 1)[-1], (element.text or "").strip())
     except ET.ParseError:
-        return None, None
-    fields = {child.tag.rsplit("}", 1)[-1]: (child.text or "").strip() for child in root}
-    return fields.get("Code") or None, fields.get("Message") or None
+        pass
+    code = fields.get("Code") or ""
+    return (code if _SAFE_CODE.fullmatch(code) else None), (fields.get("Message") or None)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
-    """Innermost error under requests/urllib3 wrappers (MaxRetryError.reason, ProtocolError)."""
+    """Innermost error under urllib3 wrappers (MaxRetryError.reason, ProtocolError args)."""
     seen: set[int] = set()
     while id(exc) not in seen:
         seen.add(id(exc))
@@ -296,106 +306,179 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _failure_detail(exc: requests.RequestException, policy: UploadPolicy, attempts: int) -> str:
-    """Human summary of a request that got no HTTP response; never includes the URL."""
-    if isinstance(exc, requests.ReadTimeout):
+def _failure_detail(exc: Exception, policy: UploadPolicy, attempts: int) -> str:
+    """Client-safe summary of a request that got no HTTP response; never includes the URL."""
+    error = exc.reason if isinstance(exc, MaxRetryError) and exc.reason is not None else exc
+    if isinstance(error, ReadTimeoutError):
         return f"timed out after {policy.read_timeout:g}s waiting for a response"
-    root = _root_cause(exc)
+    root = _root_cause(error)
+    if isinstance(error, SSLError):
+        reason = getattr(root, "verify_message", None) or getattr(root, "reason", None)
+        return f"TLS error ({_scrub(str(reason or type(root).__name__))})"
     reason = _scrub(getattr(root, "strerror", None) or str(root) or type(root).__name__)
-    inner = exc.args[0] if exc.args else None
-    if isinstance(inner, MaxRetryError):
+    if isinstance(error, ConnectTimeoutError):  # NewConnectionError (refused, DNS) included
         return f"connection failed after {attempts} attempts ({reason})"
     if isinstance(root, TimeoutError):
         # urllib3 sends the body under the connect timeout; the target stopped reading it.
         return f"timed out after {policy.connect_timeout:g}s sending the body"
-    if isinstance(exc, requests.ConnectionError):
+    if isinstance(error, ProtocolError):
         return f"connection lost before a response ({type(root).__name__}: {reason})"
-    return f"request failed ({type(exc).__name__}: {reason})"
+    return f"request failed ({type(root).__name__}: {reason})"
+
+
+def _open_pool(target: UploadTarget, address: str, policy: UploadPolicy) -> HTTPConnectionPool:
+    """A one-connection pool to a checked address that still speaks as the original host.
+
+    For https the TLS handshake sends SNI for, and verifies the certificate against, the
+    URL's host name; the address only decides where the TCP connection goes.
+    """
+    timeout = Timeout(connect=policy.connect_timeout, read=policy.read_timeout)
+    if target.scheme == "https":
+        import certifi
+
+        return HTTPSConnectionPool(
+            address,
+            target.port,
+            timeout=timeout,
+            maxsize=1,
+            retries=False,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=policy.ca_certs or certifi.where(),
+            server_hostname=target.host,
+        )
+    return HTTPConnectionPool(address, target.port, timeout=timeout, maxsize=1, retries=False)
 
 
 def put_graph(
-    url: str,
+    target: UploadTarget,
     body: bytes | memoryview,
     *,
     compressed: bool,
     policy: UploadPolicy = UploadPolicy(),
 ) -> UploadResult:
-    """PUT the graph to a presigned URL; retries 5xx and connection failures, never 4xx.
+    """PUT the graph to a checked presigned URL; retries 5xx and connection failures, never 4xx.
 
-    Raises UploadError on final failure; the caller keeps the body (`spool_graph`).
+    Args:
+        target: from `UploadGuard.check`; connections go only to its checked addresses
+            (rotating through them on connection failures).
+        body: the bytes to store (gzip'd already when `compressed`).
+        compressed: send ``Content-Encoding: gzip``.
+        policy: timeouts, retries and the CA bundle.
+
+    Returns:
+        What was delivered, with the redacted URL.
+
+    Raises:
+        UploadError: the final failure; the caller keeps the body (`spool_graph`).
     """
-    shown = redact_url(url)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UploadError("invalid upload URL (expected an http or https URL)", attempts=0)
+    shown = target.shown
     _install_log_redaction()
-    data, size = _as_sendable(body)
-    headers = {"Content-Type": "application/json", "Content-Length": str(size)}
+    view = _byte_view(body)
+    size = view.nbytes
+    # An empty body stays bytes: an empty stream would make http.client frame it as chunked.
+    data: _BodyReader | bytes = _BodyReader(view) if size else b""
+    headers = {
+        "Host": target.host_header,
+        "Content-Type": "application/json",
+        "Content-Length": str(size),
+    }
     if compressed:
         headers["Content-Encoding"] = "gzip"
 
-    failed_attempts = 0
-
-    def observe(attempt: int, response: Any, error: Exception | None) -> None:
-        nonlocal failed_attempts
-        failed_attempts = attempt
-        cause = f"HTTP {response.status}" if response is not None else type(error).__name__
-        log.warning("upload attempt %d to %s failed: %s", attempt, shown, cause)
-
-    adapter = HTTPAdapter(max_retries=_retry_for(policy, observe))
+    retry = _retry_for(policy)
+    pools: dict[str, HTTPConnectionPool] = {}
+    attempts = 0
     started = time.monotonic()
-    with requests.Session() as session:
-        # No ambient credentials (.netrc) may ride along with a URL that is its own credential.
-        session.trust_env = False
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        try:
-            response = session.put(
-                url,
-                data=data,
-                headers=headers,
-                timeout=(policy.connect_timeout, policy.read_timeout),
-                allow_redirects=False,
+
+    def fail(detail: str, status: int | None = None, code: str | None = None) -> UploadError:
+        log.warning(
+            "upload to %s failed: %s (%d bytes, %.2fs)",
+            shown,
+            detail,
+            size,
+            time.monotonic() - started,
+        )
+        return UploadError(detail, status=status, code=code, attempts=attempts)
+
+    try:
+        while True:
+            attempts += 1
+            address = target.addresses[(attempts - 1) % len(target.addresses)]
+            pool = pools.get(address) or pools.setdefault(
+                address, _open_pool(target, address, policy)
             )
-        except requests.RequestException as exc:
-            attempts = max(failed_attempts, 1)
-            detail = _failure_detail(exc, policy, attempts)
+            if isinstance(data, _BodyReader):
+                data.seek(0)
+            try:
+                response = pool.urlopen(
+                    "PUT",
+                    target.request_target,
+                    body=data,
+                    headers=headers,
+                    retries=False,
+                    redirect=False,
+                    assert_same_host=False,
+                    preload_content=False,
+                    decode_content=False,
+                    release_conn=False,
+                    chunked=False,
+                )
+            except (HTTPError, OSError) as exc:
+                log.warning(
+                    "upload attempt %d to %s failed: %s", attempts, shown, type(exc).__name__
+                )
+                try:
+                    retry = retry.increment("PUT", shown, error=exc)
+                except (HTTPError, OSError) as final:
+                    raise fail(_failure_detail(final, policy, attempts)) from None
+                retry.sleep()
+                continue
+            status = response.status
+            try:
+                head = (
+                    b""
+                    if 200 <= status < 300
+                    else _read_head(response, MAX_REPLY_BYTES, policy.read_timeout)
+                )
+            finally:
+                response.close()
+            if 200 <= status < 300:
+                break
+            code, message = _s3_error(head)
             log.warning(
-                "upload to %s failed: %s (%d bytes, %.2fs)",
+                "upload attempt %d to %s failed: HTTP %d %s %r",
+                attempts,
                 shown,
-                detail,
-                size,
-                time.monotonic() - started,
+                status,
+                code or "-",
+                _scrub(message or "")[:200],
             )
-            raise UploadError(detail, attempts=attempts) from None
-        retries = getattr(response.raw, "retries", None)
-        attempts = len(retries.history) + 1 if retries is not None else failed_attempts + 1
-        seconds = time.monotonic() - started
-        if not 200 <= response.status_code < 300:
-            code, message = _s3_error(response)
-            detail = f"{response.status_code} {code or response.reason or 'error'}"
+            if retry.is_retry("PUT", status, bool(response.headers.get("Retry-After"))):
+                try:
+                    retry = retry.increment("PUT", shown, response=response)
+                except MaxRetryError:
+                    pass
+                else:
+                    retry.sleep(response)
+                    continue
+            detail = f"{status} {code}" if code else f"{status} (no S3 error code)"
             if attempts > 1:
                 detail += f" after {attempts} attempts"
-            if message:
-                detail += f": {_scrub(message)}"
-            log.warning("upload to %s failed: %s (%d bytes, %.2fs)", shown, detail, size, seconds)
-            raise UploadError(
-                detail,
-                status=response.status_code,
-                code=code,
-                message=message and _scrub(message),
-                attempts=attempts,
-            )
+            raise fail(detail, status, code)
+    finally:
+        for pool in pools.values():
+            pool.close()
+    seconds = time.monotonic() - started
     log.info(
         "uploaded graph to %s: %d bytes%s, status %d, %d attempt(s), %.2fs",
         shown,
         size,
         " gzip" if compressed else "",
-        response.status_code,
+        status,
         attempts,
         seconds,
     )
-    return UploadResult(shown, size, compressed, response.status_code, attempts, seconds)
+    return UploadResult(shown, size, compressed, status, attempts, seconds)
 
 
 def _slug_for_filename(slug: str) -> str:
@@ -404,9 +487,20 @@ def _slug_for_filename(slug: str) -> str:
 
 
 def spool_graph(body: bytes | memoryview, spool_dir: Path, *, slug: str, compressed: bool) -> Path:
-    """Keep a graph that could not be uploaded, written atomically so no half file is left.
+    """Keep a graph on local disk, written atomically and fsync'd so no half file is left.
 
     The name is unique (UTC timestamp + random suffix), so concurrent spools never collide.
+    The caller logs why the graph was spooled (upload_queue writes every graph here before
+    its upload starts and removes the file once the upload succeeded).
+
+    Args:
+        body: the bytes exactly as they would be uploaded.
+        spool_dir: created when missing.
+        slug: the graph's slug, used (sanitized) as the start of the file name.
+        compressed: the body is gzip'd (the file ends in ``.json.gz``).
+
+    Returns:
+        The path of the complete file.
     """
     spool_dir = Path(spool_dir)
     view = _byte_view(body)
@@ -425,7 +519,7 @@ def spool_graph(body: bytes | memoryview, spool_dir: Path, *, slug: str, compres
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(spool_dir)
-    log.info("spooled graph %s (%d bytes) to %s", slug, view.nbytes, final)
+    log.debug("spooled graph %s (%d bytes) to %s", slug, view.nbytes, final)
     return final
 
 

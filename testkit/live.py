@@ -6,7 +6,9 @@ polling, log capture and shutdown are written once.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -120,6 +122,9 @@ def start_process(
         yield server
     finally:
         stop(proc)
+        if new_session:  # nothing it started may outlive it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @contextmanager
@@ -131,6 +136,7 @@ def start_server(
     args: Sequence[str] = (),
     secret: str,
     timeout: float = 180,
+    new_session: bool = False,
 ) -> Iterator[LiveServer]:
     """The real product: `python -m neuronpedia_graph MODEL` (gunicorn) on a free port.
 
@@ -141,6 +147,7 @@ def start_server(
         args: extra command-line arguments.
         secret: the SECRET it requires.
         timeout: seconds to wait for /health.
+        new_session: its own process group, killed whole on exit (for tests that signal it).
     """
     port = free_port()
     settings = {

@@ -25,12 +25,14 @@ pytest_plugins = ["tests.s3_server"]
 REPO = Path(__file__).resolve().parents[1]
 # Not a real credential: the secret the test servers are started with.
 SECRET = "test-secret-0123456789"
+# S3 (SeaweedFS) and the fault targets listen on loopback, which uploads refuse by default.
+LOCAL_UPLOAD_HOSTS = "127.0.0.1"
 # The live server's settings: fast upload failures, a modest feature cap.
 LIVE_SETTINGS = {
     "UPLOAD_READ_TIMEOUT": "2",
     "UPLOAD_BACKOFF": "0.01",
     "MAX_FEATURE_NODES": "2000",
-    "UPLOAD_ALLOWED_HOSTS": "127.0.0.1,localhost",
+    "UPLOAD_ALLOWED_HOSTS": LOCAL_UPLOAD_HOSTS,
 }
 # The web app's graph schema, vendored so the contract test always runs; test_contract_copy
 # fails when the copy drifts from the one the web app team publishes in ../shared/.
@@ -53,6 +55,7 @@ def demo_settings(tmp_path_factory: pytest.TempPathFactory):
         spool_dir=tmp_path_factory.mktemp("spool"),
         upload_read_timeout=2.0,
         upload_backoff=0.01,
+        upload_allowed_hosts=LOCAL_UPLOAD_HOSTS,
         max_feature_nodes=2000,
     )
 

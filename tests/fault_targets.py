@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -206,3 +207,172 @@ def closed_port_url(path: str = "/bucket/graph.json") -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}{path}"
+
+
+@dataclass
+class GatedTarget(Target):
+    """A target that holds every PUT until `release` says how to answer it."""
+
+    arrived: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    _gate: threading.Event = field(default_factory=threading.Event)
+    _status: int = 200
+
+    def wait_for_arrival(self, timeout: float) -> bool:
+        """Wait until one more PUT (whole body read) is being held."""
+        return self.arrived.acquire(timeout=timeout)
+
+    def release(self, status: int = 200) -> None:
+        """Answer every held PUT, and any later one at once, with `status`."""
+        self._status = status
+        self._gate.set()
+
+
+@contextlib.contextmanager
+def gated_target(path: str = "/bucket/graph.json") -> Iterator[GatedTarget]:
+    """Read each PUT's body, then hold it until `release(status)`; closing unreleased drops it.
+
+    Stands in for an S3 endpoint that is slow to answer (for as long as a test needs), and
+    lets the test decide when and how it answers.
+    """
+    target = GatedTarget(url="")
+    closed = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_PUT(self) -> None:
+            _record(self, target)
+            target.arrived.release()
+            while not (target._gate.wait(0.05) or closed.is_set()):
+                pass
+            if not target._gate.is_set():
+                self.close_connection = True  # closed without an answer: drop the connection
+                return
+            self.send_response(target._status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with _serve(Handler) as server:
+        target.url = _url(server, path)
+        try:
+            yield target
+        finally:
+            closed.set()
+
+
+@dataclass
+class BigReplyTarget(Target):
+    bytes_sent: int = 0
+
+
+@contextlib.contextmanager
+def big_reply_target(
+    size: int, status: int = 200, path: str = "/bucket/graph.json"
+) -> Iterator[BigReplyTarget]:
+    """Answer every PUT with `status` and a `size`-byte body (an XML error prefix, then filler).
+
+    The body is streamed from one 1 MiB block, so the target itself stays small; it stops
+    writing when the client hangs up. `bytes_sent` counts what the socket accepted.
+    """
+    target = BigReplyTarget(url="")
+    prefix = b"<?xml version='1.0'?><Error><Code>HugeReply</Code><Message>"
+    block = b"x" * (1 << 20)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_PUT(self) -> None:
+            _record(self, target)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            remaining = size
+            try:
+                self.wfile.write(prefix)
+                remaining -= len(prefix)
+                target.bytes_sent += len(prefix)
+                while remaining > 0:
+                    chunk = block[: min(len(block), remaining)]
+                    self.wfile.write(chunk)
+                    remaining -= len(chunk)
+                    target.bytes_sent += len(chunk)
+            except OSError:
+                pass  # the client stopped reading and closed the connection
+            self.close_connection = True
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with _serve(Handler) as server:
+        target.url = _url(server, path)
+        yield target
+
+
+@contextlib.contextmanager
+def error_document_target(
+    status: int, document: bytes, path: str = "/bucket/graph.json", reason: str | None = None
+) -> Iterator[Target]:
+    """Answer every PUT with `status`, the reason phrase `reason` and `document` as the body."""
+    target = Target(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_PUT(self) -> None:
+            _record(self, target)
+            self.send_response(status, reason)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(document)))
+            self.end_headers()
+            self.wfile.write(document)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with _serve(Handler) as server:
+        target.url = _url(server, path)
+        yield target
+
+
+@dataclass
+class TlsTarget(Target):
+    server_names: list[str | None] = field(default_factory=list)  # SNI of each handshake
+
+
+@contextlib.contextmanager
+def tls_target(
+    context: ssl.SSLContext, host: str, path: str = "/bucket/graph.json"
+) -> Iterator[TlsTarget]:
+    """An https target on 127.0.0.1 with the server `context` given (a trustme certificate).
+
+    Its `url` names `host` (which tests resolve to 127.0.0.1 through the guard's resolver) and
+    it records the SNI name each TLS handshake asked for.
+    """
+    target = TlsTarget(url="")
+    context.sni_callback = lambda _sock, name, _ctx: target.server_names.append(name)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_PUT(self) -> None:
+            _record(self, target)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        def get_request(self) -> tuple[socket.socket, object]:
+            sock, addr = super().get_request()
+            return context.wrap_socket(sock, server_side=True), addr
+
+    with _serve(Handler, server_cls=Server) as server:
+        port = server.server_address[1]
+        target.url = f"https://{host}:{port}{path}"
+        yield target

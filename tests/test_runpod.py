@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from testkit.live import start_process, wait_until_ready
-from tests.conftest import REPO, SECRET, LiveServer, free_port
+from tests.conftest import LOCAL_UPLOAD_HOSTS, REPO, SECRET, LiveServer, free_port
 from tests.fault_targets import closed_port_url
 
 HANDLER_PATH = REPO / "runpod" / "handler.py"
@@ -322,6 +322,7 @@ def worker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAp
         DEVICE="cpu",
         HF_HUB_OFFLINE="1",
         SPOOL_DIR=str(workdir / "spool"),
+        UPLOAD_ALLOWED_HOSTS=LOCAL_UPLOAD_HOSTS,
         MAX_FEATURE_NODES="2000",
         PYTHONUNBUFFERED="1",
         UVICORN_LOG_LEVEL="warning",

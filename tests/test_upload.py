@@ -17,18 +17,37 @@ import orjson
 import pytest
 
 from neuronpedia_graph.upload import (
+    MAX_REPLY_BYTES,
     UploadError,
     UploadPolicy,
+    UploadResult,
     put_graph,
     redact_url,
     spool_graph,
 )
-from tests.fault_targets import closed_port_url, flaky_target, hanging_target, slow_reader_target
+from neuronpedia_graph.upload_guard import UploadGuard
+from tests.fault_targets import (
+    big_reply_target,
+    closed_port_url,
+    flaky_target,
+    hanging_target,
+    slow_reader_target,
+)
 
 FAST = UploadPolicy(connect_timeout=2.0, read_timeout=5.0, retries=3, backoff_factor=0.01)
 GRAPH = orjson.dumps(
     {"metadata": {"slug": "t"}, "nodes": [{"node_id": str(i)} for i in range(500)]}
 )
+
+
+# The test S3 server and fault targets listen on loopback: allowed explicitly, as in production
+# an operator would list an internal S3-compatible host.
+LOCAL = UploadGuard("127.0.0.1")
+
+
+def put(url: str, body: bytes | memoryview, **kwargs) -> UploadResult:
+    """put_graph to a URL that went through the guard, as the service does."""
+    return put_graph(LOCAL.check(url), body, **kwargs)
 
 
 def _secrets_of(url: str) -> list[str]:
@@ -55,7 +74,7 @@ def test_presigned_put_stores_exact_bytes_and_headers(s3, compressed: bool) -> N
     key = f"graphs/exact-{compressed}.json"
     url = s3.presign_put(key, content_encoding="gzip" if compressed else None)
 
-    result = put_graph(url, body, compressed=compressed, policy=FAST)
+    result = put(url, body, compressed=compressed, policy=FAST)
 
     assert result.status == 200
     assert result.attempts == 1
@@ -73,7 +92,7 @@ def test_memoryview_of_any_format_is_sent_as_its_bytes(s3) -> None:
     view = memoryview(doubles)  # format "d": len() counts items, not bytes
     key = "graphs/memoryview.json"
 
-    result = put_graph(s3.presign_put(key), view, compressed=False, policy=FAST)
+    result = put(s3.presign_put(key), view, compressed=False, policy=FAST)
 
     assert result.bytes == view.nbytes == 800_000
     stored = s3.client.get_object(Bucket=s3.bucket, Key=key)
@@ -87,7 +106,7 @@ def test_large_memoryview_is_not_copied(s3) -> None:
 
     tracemalloc.start()
     try:
-        result = put_graph(url, memoryview(body), compressed=False, policy=FAST)
+        result = put(url, memoryview(body), compressed=False, policy=FAST)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -102,7 +121,7 @@ def test_tampered_signature_is_rejected_without_retry(s3) -> None:
     url = _tamper(s3.presign_put("graphs/tampered.json"))
 
     with pytest.raises(UploadError) as info:
-        put_graph(url, GRAPH, compressed=False, policy=FAST)
+        put(url, GRAPH, compressed=False, policy=FAST)
 
     err = info.value
     assert (err.status, err.code, err.attempts) == (403, "SignatureDoesNotMatch", 1)
@@ -115,7 +134,7 @@ def test_expired_url_is_rejected(s3) -> None:
     time.sleep(2)
 
     with pytest.raises(UploadError) as info:
-        put_graph(url, GRAPH, compressed=False, policy=FAST)
+        put(url, GRAPH, compressed=False, policy=FAST)
 
     assert (info.value.status, info.value.code, info.value.attempts) == (403, "AccessDenied", 1)
     with pytest.raises(s3.client.exceptions.NoSuchKey):
@@ -126,7 +145,7 @@ def test_content_encoding_must_match_the_signed_one(s3) -> None:
     url = s3.presign_put("graphs/encoding.json", content_encoding="gzip")
 
     with pytest.raises(UploadError) as info:
-        put_graph(url, GRAPH, compressed=False, policy=FAST)
+        put(url, GRAPH, compressed=False, policy=FAST)
 
     assert (info.value.status, info.value.code) == (403, "SignatureDoesNotMatch")
 
@@ -137,7 +156,7 @@ def test_content_encoding_must_match_the_signed_one(s3) -> None:
 def test_transient_500s_are_retried_with_content_length_every_time() -> None:
     body = gzip.compress(GRAPH)
     with flaky_target(fail_times=2, status=500) as target:
-        result = put_graph(target.url, memoryview(body), compressed=True, policy=FAST)
+        result = put(target.url, memoryview(body), compressed=True, policy=FAST)
 
     assert (result.status, result.attempts) == (200, 3)
     assert len(target.requests) == 3
@@ -151,7 +170,7 @@ def test_transient_500s_are_retried_with_content_length_every_time() -> None:
 
 def test_uncompressed_upload_sends_no_content_encoding() -> None:
     with flaky_target(fail_times=0) as target:
-        put_graph(target.url, GRAPH, compressed=False, policy=FAST)
+        put(target.url, GRAPH, compressed=False, policy=FAST)
 
     assert "content-encoding" not in target.requests[0].headers
 
@@ -159,7 +178,7 @@ def test_uncompressed_upload_sends_no_content_encoding() -> None:
 def test_persistent_500_gives_up_after_the_retries() -> None:
     policy = UploadPolicy(retries=2, backoff_factor=0.01)
     with flaky_target(fail_times=100, status=500) as target, pytest.raises(UploadError) as info:
-        put_graph(target.url, GRAPH, compressed=False, policy=policy)
+        put(target.url, GRAPH, compressed=False, policy=policy)
 
     err = info.value
     assert (err.status, err.code, err.attempts) == (500, "InternalError", 3)
@@ -170,7 +189,7 @@ def test_persistent_500_gives_up_after_the_retries() -> None:
 def test_retry_after_is_respected() -> None:
     with flaky_target(fail_times=1, status=503, retry_after=1) as target:
         started = time.monotonic()
-        result = put_graph(target.url, GRAPH, compressed=False, policy=FAST)
+        result = put(target.url, GRAPH, compressed=False, policy=FAST)
 
     assert result.attempts == 2
     assert time.monotonic() - started >= 1.0
@@ -178,7 +197,7 @@ def test_retry_after_is_respected() -> None:
 
 def test_any_2xx_is_success() -> None:
     with flaky_target(fail_times=0, ok_status=204) as target:
-        result = put_graph(target.url, GRAPH, compressed=False, policy=FAST)
+        result = put(target.url, GRAPH, compressed=False, policy=FAST)
 
     assert (result.status, result.attempts) == (204, 1)
 
@@ -188,7 +207,7 @@ def test_hanging_target_fails_within_the_read_timeout_without_retry() -> None:
     with hanging_target() as target:
         started = time.monotonic()
         with pytest.raises(UploadError) as info:
-            put_graph(target.url, GRAPH, compressed=False, policy=policy)
+            put(target.url, GRAPH, compressed=False, policy=policy)
         elapsed = time.monotonic() - started
 
     assert elapsed < 3.0
@@ -202,7 +221,7 @@ def test_connection_refused_is_retried_then_fails() -> None:
     policy = UploadPolicy(retries=2, backoff_factor=0.01)
 
     with pytest.raises(UploadError) as info:
-        put_graph(closed_port_url(), GRAPH, compressed=False, policy=policy)
+        put(closed_port_url(), GRAPH, compressed=False, policy=policy)
 
     assert info.value.status is None
     assert info.value.attempts == 3
@@ -214,17 +233,46 @@ def test_slow_link_longer_than_connect_timeout_still_delivers() -> None:
     body = bytes(range(256)) * (12 * 4096)  # 12 MiB, well beyond the kernel socket buffers
     policy = UploadPolicy(connect_timeout=0.2, read_timeout=5.0, retries=0)
     with slow_reader_target(bytes_per_second=12 << 20) as target:
-        result = put_graph(target.url, body, compressed=False, policy=policy)
+        result = put(target.url, body, compressed=False, policy=policy)
 
     assert result.seconds > 2 * policy.connect_timeout  # the send really outlasted the timeout
     assert target.requests[0].body == body
 
 
-def test_non_http_url_is_rejected_without_echoing_it() -> None:
-    with pytest.raises(UploadError) as info:
-        put_graph("ftp://example.com/x?X-Amz-Signature=deadbeefdeadbeef", b"{}", compressed=False)
+HUGE = 200 * 1000 * 1000  # the 200 MB reply of issue 11, finding 8
 
-    assert "deadbeef" not in str(info.value)
+
+@pytest.mark.parametrize("status", [200, 403, 500])
+def test_a_200_mb_reply_is_never_read_whole(status: int) -> None:
+    with big_reply_target(HUGE, status) as target:
+        outcome, peak = _traced_peak(lambda: put(target.url, GRAPH, compressed=False, policy=FAST))
+
+    assert peak < 4 << 20, f"{peak} bytes allocated for a {HUGE}-byte reply"
+    assert target.bytes_sent < HUGE  # it stopped writing because the upload hung up
+    if status == 200:
+        assert outcome.status == 200
+    else:
+        assert isinstance(outcome, UploadError)
+        assert (outcome.status, outcome.code) == (status, "HugeReply")  # found in the first 64 KiB
+        assert outcome.attempts == (FAST.retries + 1 if status == 500 else 1)  # each read 64 KiB
+
+
+def _traced_peak(fn):
+    """(result or exception, peak bytes Python allocated while fn ran, in any thread)."""
+    tracemalloc.start()
+    try:
+        try:
+            outcome = fn()
+        except Exception as exc:  # the caller asserts on it
+            outcome = exc
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return outcome, peak
+
+
+def test_reply_limit_is_64_kib() -> None:
+    assert MAX_REPLY_BYTES == 64 * 1024
 
 
 def test_error_survives_pickling() -> None:
@@ -247,17 +295,17 @@ def test_signed_query_never_reaches_logs_or_errors(s3, caplog) -> None:
 
     errors: list[UploadError] = []
     with caplog.at_level(logging.DEBUG):
-        put_graph(good, GRAPH, compressed=False, policy=policy)
+        put(good, GRAPH, compressed=False, policy=policy)
         for url in (bad, refused):
             with pytest.raises(UploadError) as info:
-                put_graph(url, GRAPH, compressed=False, policy=policy)
+                put(url, GRAPH, compressed=False, policy=policy)
             errors.append(info.value)
         with flaky_target(fail_times=1) as target:
-            put_graph(f"{target.url}?{urlsplit(good).query}", GRAPH, compressed=False)
+            put(f"{target.url}?{urlsplit(good).query}", GRAPH, compressed=False)
 
     messages = [r.getMessage() for r in caplog.records]
-    # The risky paths were really logged: urllib3's retry warning and per-request debug lines.
-    assert any("Retrying" in m for m in messages)
+    # The risky paths were really logged: retried attempts and urllib3's per-request debug lines.
+    assert any("upload attempt 1 to" in m for m in messages)
     assert any('"PUT /graphs/graphs/logged.json' in m for m in messages)
     assert any(
         r.levelno == logging.INFO and "uploaded graph" in r.getMessage() for r in caplog.records
