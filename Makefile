@@ -8,7 +8,7 @@ UV := $(VENV)/uv/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
 
-.PHONY: install install-dev run test lint format bench lock demo-model clean
+.PHONY: install install-dev browser run test lint format bench lock demo-model clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,13 @@ run: install
 	$(PY) -m neuronpedia_graph.envfile .env .env.example
 	$(PY) -m neuronpedia_graph $(MODEL)
 
-test: install-dev
+# Debian's chromium drives the viewer's browser tests (Playwright's own download needs the internet).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	fi
+
+test: install-dev browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

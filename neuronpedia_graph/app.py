@@ -188,4 +188,8 @@ def create_app(service: GraphService, secret: str) -> Flask:
         req = parse_request(ParseChatPromptRequest, body_json())
         return json_response(service.parse_chat_prompt(req.prompt))
 
+    if service.settings.viewer:
+        from neuronpedia_graph.viewer import viewer_blueprint
+
+        app.register_blueprint(viewer_blueprint)
     return app

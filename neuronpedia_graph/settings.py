@@ -52,6 +52,7 @@ class Settings(BaseModel):
     upload_backoff: float = Field(0.5, ge=0)
     log_level: str = "INFO"
     dev: bool = False
+    viewer: bool = True
 
     @field_validator("secret", "hf_token", mode="before")
     @classmethod
@@ -100,9 +101,10 @@ ENV_VARS: dict[str, str] = {
     "upload_retries": "UPLOAD_RETRIES",
     "upload_backoff": "UPLOAD_BACKOFF",
     "log_level": "LOG_LEVEL",
+    "viewer": "VIEWER",
 }
 
-_BOOL_FIELDS = {"lazy_encoder", "lazy_decoder", "dev"}
+_BOOL_FIELDS = {"lazy_encoder", "lazy_decoder", "dev", "viewer"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--gzip-level", type=int, help="gzip level 1-9 (env GZIP_LEVEL; default 3)")
     parser.add_argument("--log-level", help="DEBUG | INFO | WARNING (env LOG_LEVEL; default INFO)")
+    parser.add_argument(
+        "--viewer",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the graph viewer page at / (env VIEWER; default on)",
+    )
     parser.add_argument("--env-file", default=None, help="path of the .env file (default ./.env)")
     parser.add_argument(
         "--dev",
