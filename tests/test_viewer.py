@@ -8,7 +8,9 @@ researcher would click through it. The browser must be installed (`make browser`
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 import shutil
 import threading
 import time
@@ -196,6 +198,14 @@ def test_viewer_setting_from_env_and_cli(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the Paris graph
+RECORD_STATUS = """() => {
+  const status = document.getElementById('status');
+  window.statusLog = [];
+  new MutationObserver(() => window.statusLog.push(status.textContent))
+    .observe(status, { childList: true, characterData: true, subtree: true });
+}"""
+
+
 @dataclass
 class ParisView:
     tab: Tab
@@ -209,6 +219,7 @@ def paris(browser: Any, live_server: Any) -> Iterator[ParisView]:
     tab = open_tab(browser, live_server.base)
     page = tab.page
     page.fill("#prompt", PARIS)
+    page.evaluate(RECORD_STATUS)
     response = click_and_wait(page, "#generate", "/generate-graph", SECRET)  # asked once
     assert response.status == 200
     body = response.body()
@@ -218,6 +229,8 @@ def paris(browser: Any, live_server: Any) -> Iterator[ParisView]:
 
 def test_generate_shows_progress_then_server_timing(paris):
     page = paris.tab.page
+    log = page.evaluate("() => window.statusLog")
+    assert re.fullmatch(r"Generating… \d+\.\d s", log[0]), log
     assert page.inner_text("#status").startswith("Graph ready in")
     phases = page.eval_on_selector_all("#timings li", "els => els.map(e => e.dataset.phase)")
     assert phases == ["tokenize", "attribute", "prune", "build_json"]
@@ -384,8 +397,14 @@ def test_open_a_circuit_tracer_file(tab, demo_loaded, tmp_path):
     path = tmp_path / "ct-paris.json"
     doc = json.loads(path.read_text())
     page = tab.page
+    # gzip'd files open too (what a compressed upload stores).
+    packed = tmp_path / "ct-paris.json.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    page.set_input_files("#file-input", str(packed))
+    page.wait_for_selector("#status.ok:has-text('Opened ct-paris.json.gz')")
+    assert page.locator("#node-layer .node").count() == len(doc["nodes"])
     page.set_input_files("#file-input", str(path))
-    page.wait_for_selector("#status.ok:has-text('Opened ct-paris.json')")
+    page.wait_for_selector("#status.ok:has-text('Opened ct-paris.json:')")
     assert page.locator("#node-layer .node").count() == len(doc["nodes"])
     set_slider(page, 0)
     assert drawn_edges(page) == [len(doc["links"])] * 2
@@ -458,6 +477,28 @@ def test_wrong_secret_and_bad_settings_are_messages(tab):
     assert "prompt" not in sent.value.post_data_json
     assert page.locator("#node-layer .node").count() == len(doc["nodes"])
     assert [e for e in tab.console_errors if "403" not in e and "422" not in e] == []
+
+
+def test_no_secret_unreachable_server_and_oversized_body_are_messages(tab):
+    page = tab.page
+    page.click("#generate")
+    page.wait_for_selector("#secret-dialog[open]")
+    page.click("#secret-dialog button[value='cancel']")
+    page.wait_for_selector("#status.error:has-text('A secret key is needed')")
+    page.click("#secret-change")
+    enter_secret(page)
+    # A body over the server's 1 MiB limit: the server's 413, as a sentence.
+    page.eval_on_selector("#prompt", "(el) => { el.value = 'Paris '.repeat(200000); }")
+    assert click_and_wait(page, "#generate", "/generate-graph").status == 413
+    assert "The request is too large (413)" in page.inner_text("#status")
+    # The connection itself fails (an injected network fault: the server cannot be made to).
+    page.fill("#prompt", PARIS)
+    page.route("**/generate-graph", lambda route: route.abort("connectionrefused"))
+    page.click("#generate")
+    page.wait_for_selector("#status.error:has-text('Could not reach the server')")
+    page.unroute("**/generate-graph")
+    assert generate(page)["metadata"]["prompt"] == PARIS
+    assert [e for e in tab.console_errors if "413" not in e and "CONNECTION_REFUSED" not in e] == []
 
 
 def test_busy_server_is_shown_as_a_message(tab, live_server):
