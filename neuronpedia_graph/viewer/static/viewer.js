@@ -31,8 +31,8 @@
     visible: 0, // how many of the strongest edges the slider lets through
     drawn: 0,
   };
-  // Read by the browser tests and the render benchmark; not used by the page itself.
-  window.npgViewer = { state, lastRender: null };
+  // Timings of the last drawing, for bench/viewer_render.py; not used by the page itself.
+  window.npgViewer = { lastRender: null };
 
   // ------------------------------------------------------------------ small helpers
   function esc(text) {
@@ -88,6 +88,7 @@
         },
         { once: true },
       );
+      dialog.returnValue = ""; // Escape keeps the previous value otherwise
       dialog.showModal();
       input.focus();
     });
