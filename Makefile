@@ -8,7 +8,7 @@ UV := $(VENV)/uv/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
 
-.PHONY: install install-dev run test lint format bench lock demo-model clean
+.PHONY: install install-dev browser run test lint format bench bench-viewer lock demo-model clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,15 @@ run: install
 	$(PY) -m neuronpedia_graph.envfile .env .env.example
 	$(PY) -m neuronpedia_graph $(MODEL)
 
-test: install-dev
+# Debian's chromium drives the viewer's browser tests (Playwright's own download needs the internet).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	fi
+
+test: install-dev browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -56,6 +64,9 @@ format: install-dev
 
 bench: install-dev
 	$(PY) bench/serialize.py
+
+bench-viewer: install-dev browser
+	$(PY) bench/viewer_render.py
 
 # Rebuild the committed demo model and transcoders (byte-identical; about 2.5 min on 2 cores).
 demo-model: install

@@ -393,6 +393,14 @@ class HealthResponse(BaseModel):
     token_limit: int
     forward_pass_token_limit: int
     max_feature_nodes: int
+    # GraphRequest's numeric defaults, so clients (the viewer) prefill forms without copying them.
+    defaults: dict[str, Any] = Field(
+        default_factory=lambda: {
+            k: f.default
+            for k, f in GraphRequest.model_fields.items()
+            if type(f.default) in (int, float)
+        }
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -38,4 +38,8 @@ def create_app(service: GraphService, secret: str | None = None) -> Flask:
     hooks.init_app(app)
     errors.init_app(app)
     routes.init_app(app)
+    if service.settings.viewer:
+        from neuronpedia_graph.viewer import viewer_blueprint
+
+        app.register_blueprint(viewer_blueprint)
     return app
