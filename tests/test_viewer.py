@@ -177,7 +177,6 @@ def test_assets_have_content_types_and_cache_headers(live_server):
 
 def test_viewer_off_gives_json_404(demo_loaded, demo_settings):
     from neuronpedia_graph.api import create_app
-
     from neuronpedia_graph.service import GraphService
 
     off = demo_settings.model_copy(update={"viewer": False})
