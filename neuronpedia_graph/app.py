@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from flask import Flask, Response, g, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from neuronpedia_graph.errors import InvalidRequest, ServerBusy, ServiceError
 from neuronpedia_graph.logging_setup import request_id_var
@@ -76,6 +76,8 @@ def create_app(service: GraphService, secret: str) -> Flask:
 
     def body_json() -> Any:
         raw = request.get_data(cache=False)
+        if request.content_length is None and len(raw) >= MAX_BODY_BYTES:  # chunked, cut at limit
+            raise RequestEntityTooLarge()
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -163,7 +165,7 @@ def create_app(service: GraphService, secret: str) -> Flask:
             payload = UploadResponse(url=up.url, bytes=up.bytes, compressed=up.compressed)
             return json_response(payload, headers=headers)
         body = result.body or b""
-        if "gzip" in request.headers.get("Accept-Encoding", "").lower():
+        if request.accept_encodings.best_match(("gzip", "identity")) == "gzip":  # q-values
             from neuronpedia_graph.compression import gzip_compress
 
             body = gzip_compress(body, level=service.settings.gzip_level)

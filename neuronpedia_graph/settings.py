@@ -50,6 +50,7 @@ class Settings(BaseModel):
     upload_read_timeout: float = Field(120.0, gt=0)
     upload_retries: int = Field(3, ge=0, le=10)
     upload_backoff: float = Field(0.5, ge=0)
+    request_read_timeout: float = Field(30.0, gt=0)  # a client's time to send a whole request
     log_level: str = "INFO"
     dev: bool = False
 
@@ -99,6 +100,7 @@ ENV_VARS: dict[str, str] = {
     "upload_read_timeout": "UPLOAD_READ_TIMEOUT",
     "upload_retries": "UPLOAD_RETRIES",
     "upload_backoff": "UPLOAD_BACKOFF",
+    "request_read_timeout": "REQUEST_READ_TIMEOUT",
     "log_level": "LOG_LEVEL",
 }
 
