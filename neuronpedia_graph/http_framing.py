@@ -34,6 +34,7 @@ _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 # Chunk data may be framed with large overhead (one-byte chunks take 6 bytes each); the buffer
 # for a body is capped at this multiple of the body limit, whatever the chunk sizes.
 _CHUNK_OVERHEAD_FACTOR = 4
+RETRY_AFTER_SECONDS = 5  # as the application's busy replies
 
 
 class RequestRejected(Exception):
@@ -85,7 +86,7 @@ def error_response_bytes(status: int, message: str) -> bytes:
     """A complete HTTP/1.1 error response with a JSON body; the connection is closed after it.
 
     Args:
-        status: HTTP status code.
+        status: HTTP status code (a 503 also says when to retry).
         message: the `error` text.
 
     Returns:
@@ -98,10 +99,12 @@ def error_response_bytes(status: int, message: str) -> bytes:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Error"
+    retry = f"Retry-After: {RETRY_AFTER_SECONDS}\r\n" if status == 503 else ""
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
+        f"{retry}"
         "Connection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body

@@ -305,7 +305,9 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             elif conn.deadline <= now or (
                 self._stop_deadline is not None and self._stop_deadline <= now
             ):
-                if conn.buf:
+                if conn.buf and self._stop_deadline is not None:
+                    self._reject(conn, RequestRejected(503, "Server is shutting down"))
+                elif conn.buf:
                     self._reject(
                         conn,
                         RequestRejected(
