@@ -319,3 +319,23 @@ def test_query_string_secrets_never_reach_the_access_log(edge_server):
     log = edge_server.log()
     assert token not in log
     assert SECRET not in log
+
+
+# ---------------------------------------------------------------- the app without our worker
+def test_app_answers_413_to_a_chunked_body_at_the_limit(client, auth):
+    """Behind a server that streams chunked bodies (e.g. `--dev`), werkzeug cuts the body at
+    MAX_CONTENT_LENGTH without an error; the app must say 413, not "not valid JSON"."""
+    import io
+
+    from neuronpedia_graph.app import MAX_BODY_BYTES
+
+    res = client.post(
+        "/forward-pass",
+        input_stream=io.BytesIO(b" " * (MAX_BODY_BYTES + 10)),
+        headers={**auth, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert res.status_code == 413
+    assert "too large" in res.get_json()["error"]
+    ok = client.post("/forward-pass", json={"prompt": "1 2 3"}, headers=auth)
+    assert ok.status_code == 200
