@@ -230,7 +230,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             idle = self.cfg.keepalive if self.alive else min(self.cfg.keepalive, LINGER_SECONDS)
             try:
                 self._await_request(conn, idle_timeout=idle)
-            except (OSError, ValueError):
+            except (OSError, ValueError, KeyError):
                 self._forget(conn)
                 util.close(conn.sock)
             return
