@@ -26,17 +26,19 @@ where bytes are read:
   blocking linger of up to 2 s in its main loop, so clients that do not close their end would
   stall every other connection 2 s each; here the linger is a selector entry.
 
-Measured on the demo model (2-core CPU; `python bench/half_open.py`, 64 half-open connections:
-32 with a partial head, 32 with half a body; then 20 `/health` requests and one graph request):
-- stock `gthread`, 4 threads: `/health` did not answer within 10 s (frozen until the half-open
-  clients leave);
-- stock `gthread`, 68 threads (more threads than attackers): `/health` p50 2 ms, but one thread
-  per attacker is needed, and attacker 69 freezes it again;
-- this worker, 4 threads: `/health` p50 ~2 ms, p99 < 20 ms, graph request unchanged
-  (see the module docstring of bench/half_open.py for the exact figures and command).
-Other servers were considered: gunicorn's `gevent`/`tornado` workers are not installed and would
-run the model on an event loop; its ASGI worker with a WSGI adapter streams the body into a
-thread that again blocks on the socket. A ~300-line subclass of the worker we already run keeps
+Measured with `make bench-half-open` (bench/half_open.py: the real server on the demo model,
+2-core CPU shared with other jobs (load average ~6); 5 rounds alternating a baseline with 64
+half-open connections held (32 partial heads, 32 authenticated POSTs with half their body);
+/health x 10 and one 200-node graph per round; a /health without answer in 10 s = frozen):
+- stock `gthread`, 4 threads (the old setup): FROZEN;
+- stock `gthread`, 64 threads: FROZEN with 64 attackers; with 32 attackers /health p50 2.0 ms,
+  p99 9.7 ms. More threads only move the limit: it takes one thread per attacker;
+- `BufferedThreadWorker`, 4 threads: /health p50 3.6 ms, p99 10.1 ms (baseline p50 2.3 ms);
+  graph median 62 ms against 92 ms without attackers (noise: not slower).
+Other servers were considered but not measured: gunicorn's `gevent` and `tornado` workers are
+not installed and would run blocking model work on their event loop; an ASGI worker behind a
+WSGI adapter hands the body to the WSGI thread as it arrives, so a partial body would again hold
+a thread. A subclass of the worker we already run (about 300 lines with the framer) keeps
 gunicorn (arbiter, signals, graceful shutdown, access log) and every deployment form unchanged.
 
 Limits and exceptions, by design:
@@ -46,7 +48,10 @@ Limits and exceptions, by design:
   connection is bounded; `worker_connections` (1000) bounds the number of connections;
 - a response is written by a thread with a blocking socket, as in gthread: a client that does not
   read a large response holds that thread (only authenticated requests have large responses);
-- errors raised after the application started its response cannot be changed into JSON.
+- not JSON: a connection that sent nothing, or closed before its request was complete, is
+  closed without a reply (there is nobody to read one); errors raised after the application
+  started its response cannot be changed; under `--dev` (Flask's server) werkzeug's own
+  protocol errors are HTML.
 
 The class relies on gunicorn 27's `gthread` internals (TConn, finish_request, method queue);
 pyproject pins gunicorn to 27.x and tests/test_http_edges.py exercises every path through a real
