@@ -38,7 +38,7 @@ half-open connections held (32 partial heads, 32 authenticated POSTs with half t
 Other servers were considered but not measured: gunicorn's `gevent` and `tornado` workers are
 not installed and would run blocking model work on their event loop; an ASGI worker behind a
 WSGI adapter hands the body to the WSGI thread as it arrives, so a partial body would again hold
-a thread. A subclass of the worker we already run (about 300 lines with the framer) keeps
+a thread. A subclass of the worker we already run (a few hundred lines with the framer) keeps
 gunicorn (arbiter, signals, graceful shutdown, access log) and every deployment form unchanged.
 
 Limits and exceptions, by design:
