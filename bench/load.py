@@ -305,6 +305,9 @@ def report(
             f"worker RSS: start {rss_start:.1f} MB, max {max(tally.rss):.1f} MB, "
             f"end {rss_end:.1f} MB"
         )
+        quarter = max(1, len(tally.rss) // 4)
+        maxima = [max(tally.rss[i : i + quarter]) for i in range(0, len(tally.rss), quarter)]
+        print("worker RSS max per quarter of the run: " + ", ".join(f"{m:.1f}" for m in maxima))
         growth = rss_end - rss_start
     else:
         print("worker RSS: unknown (no worker pid)")
