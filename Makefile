@@ -8,7 +8,7 @@ UV := $(VENV)/uv/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
 
-.PHONY: install install-dev browser run test lint format bench bench-viewer lock demo-model clean
+.PHONY: install install-dev browser run test lint format bench bench-viewer bench-load bench-half-open lock demo-model clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,15 @@ bench: install-dev
 
 bench-viewer: install-dev browser
 	$(PY) bench/viewer_render.py
+
+# 16 clients for 60 s against a `make run`-equivalent server, with half-open connections and slow
+# upload targets (loopback only). Last line: errors=... health_p99_ms=... rss_growth_mb=...
+bench-load: install-dev
+	HF_HUB_OFFLINE=1 $(PY) bench/load.py $(ARGS)
+
+# Half-open connections against stock gthread and our buffering worker (the worker's evidence).
+bench-half-open: install-dev
+	HF_HUB_OFFLINE=1 $(PY) bench/half_open.py $(ARGS)
 
 # Rebuild the committed demo model and transcoders (byte-identical; about 2.5 min on 2 cores).
 demo-model: install

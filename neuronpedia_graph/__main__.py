@@ -12,11 +12,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from neuronpedia_graph.boot_guard import WORKER_BOOT_ERROR  # gunicorn halts on this exit code
 from neuronpedia_graph.settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("neuronpedia_graph")
-
-WORKER_BOOT_ERROR = 3  # gunicorn stops the master when a worker exits with this code
 
 
 def banner(loaded: Any, settings: Settings) -> str:
@@ -46,18 +45,32 @@ def build_app(settings: Settings) -> Any:
     return app
 
 
-def serve_gunicorn(settings: Settings) -> None:
+def serve_gunicorn(settings: Settings, worker_class: str | type | None = None) -> None:
+    """Run gunicorn in this process: one worker, the model loaded inside it.
+
+    Args:
+        settings: resolved settings.
+        worker_class: override of the buffering worker (benchmarks compare "gthread").
+    """
     from gunicorn.app.base import BaseApplication
 
+    from neuronpedia_graph.access_log import RedactingLogger
+    from neuronpedia_graph.api import MAX_BODY_BYTES
+    from neuronpedia_graph.boot_guard import BootGuard, inject_load_fault
     from neuronpedia_graph.loading import ModelLoadError
     from neuronpedia_graph.upload_queue import install_shutdown_notice
+    from neuronpedia_graph.worker import configured_worker
+
+    guard = BootGuard()
+    if worker_class is None:
+        worker_class = configured_worker(settings.request_read_timeout, MAX_BODY_BYTES)
 
     class GraphServer(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             options = {
                 "bind": f"{settings.host}:{settings.port}",
                 "workers": 1,
-                "worker_class": "gthread",
+                "worker_class": worker_class,
                 # Requests waiting on their upload hold a thread each: give them their own.
                 "threads": settings.threads + settings.upload_workers,
                 "post_worker_init": lambda _worker: install_shutdown_notice(),
@@ -66,17 +79,31 @@ def serve_gunicorn(settings: Settings) -> None:
                 "control_socket_disable": True,
                 "accesslog": "-",
                 "errorlog": "-",
+                "logger_class": RedactingLogger,
                 "loglevel": settings.log_level.lower(),
+                "pre_fork": guard.pre_fork,
+                "child_exit": guard.child_exit,
             }
             for key, value in options.items():
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
             try:
-                return build_app(settings)
+                inject_load_fault()
+                app = build_app(settings)
             except (ModelLoadError, SettingsError) as exc:
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 sys.exit(WORKER_BOOT_ERROR)
+            except Exception as exc:
+                logger.exception("loading the model failed")
+                print(
+                    f"error: loading the model failed: {type(exc).__name__}: {exc}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                sys.exit(WORKER_BOOT_ERROR)
+            guard.mark_ready()
+            return app
 
     GraphServer().run()
 

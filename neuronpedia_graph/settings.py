@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     upload_workers: int = _setting(
         4, "upload slots: graphs uploading at once, each on its own thread", ge=1, le=64
     )
+    request_read_timeout: float = _setting(
+        30.0, "seconds a client has to send a whole request before it is dropped", gt=0
+    )
     log_level: str = _setting("INFO", "DEBUG | INFO | WARNING")
     viewer: bool = _setting(True, "serve the graph viewer page at /")
     dev: bool = _setting(False, "use Flask's development server instead of gunicorn")

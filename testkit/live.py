@@ -76,32 +76,27 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
             proc.wait()
 
 
-@contextmanager
-def start_process(
+def launch(
     argv: Sequence[str],
     workdir: Path,
     env: Mapping[str, str],
     *,
     port: int,
-    ready: Callable[[str], bool] | None = health_ready,
-    timeout: float = 180,
     new_session: bool = False,
     inherit_env: bool = True,
-) -> Iterator[LiveServer]:
-    """Run `argv` in `workdir` with `env` (added to this process's), logging to server.log.
+) -> LiveServer:
+    """Start `argv` in `workdir` with `env`, logging to server.log; does not wait for it.
 
     Args:
         argv: the command.
         workdir: its working directory (created if needed); the log is written there.
         env: variables added to the current environment.
         port: the port it listens on (for the base URL).
-        ready: polled with the base URL until true; None yields at once.
-        timeout: seconds to wait for `ready`.
         new_session: start it as a process-group leader (to signal the whole group).
         inherit_env: start from this process's environment; False uses `env` alone.
 
-    Yields:
-        The live server; it is stopped (SIGTERM, then SIGKILL) on exit.
+    Returns:
+        The server, possibly not answering yet; stop it with `stop`.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "server.log"
@@ -115,16 +110,62 @@ def start_process(
             stdin=subprocess.DEVNULL,
             start_new_session=new_session,
         )
-    server = LiveServer(f"http://127.0.0.1:{port}", log_path, proc, workdir)
+    return LiveServer(f"http://127.0.0.1:{port}", log_path, proc, workdir)
+
+
+@contextmanager
+def start_process(
+    argv: Sequence[str],
+    workdir: Path,
+    env: Mapping[str, str],
+    *,
+    port: int,
+    ready: Callable[[str], bool] | None = health_ready,
+    timeout: float = 180,
+    new_session: bool = False,
+    inherit_env: bool = True,
+) -> Iterator[LiveServer]:
+    """`launch`, wait until `ready(base)` (None: at once), and stop it on exit.
+
+    Yields:
+        The live server; it is stopped (SIGTERM, then SIGKILL, then its whole group when it
+        has its own) on exit.
+    """
+    server = launch(argv, workdir, env, port=port, new_session=new_session, inherit_env=inherit_env)
     try:
         if ready is not None:
             wait_until_ready(server, ready, timeout)
         yield server
     finally:
-        stop(proc)
+        stop(server.proc)
         if new_session:  # nothing it started may outlive it
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(server.proc.pid, signal.SIGKILL)
+
+
+def server_command(workdir: Path, model: str = "demo", args: Sequence[str] = ()) -> list[str]:
+    """`python -m neuronpedia_graph MODEL` with an .env path of its own (absent: not read)."""
+    return [
+        sys.executable,
+        "-m",
+        "neuronpedia_graph",
+        model,
+        "--env-file",
+        str(workdir / ".env"),
+        *args,
+    ]
+
+
+def server_settings(workdir: Path, port: int, secret: str, env: Mapping[str, str]) -> dict:
+    """Loopback, CPU and a spool in `workdir`, under the given settings."""
+    return {
+        "SECRET": secret,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "DEVICE": "cpu",
+        "SPOOL_DIR": str(workdir / "spool"),
+        **env,
+    }
 
 
 @contextmanager
@@ -150,14 +191,12 @@ def start_server(
         new_session: its own process group, killed whole on exit (for tests that signal it).
     """
     port = free_port()
-    settings = {
-        "SECRET": secret,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "DEVICE": "cpu",
-        "SPOOL_DIR": str(workdir / "spool"),
-        **env,
-    }
-    argv = [sys.executable, "-m", "neuronpedia_graph", model, "--env-file", str(workdir / ".env")]
-    with start_process([*argv, *args], workdir, settings, port=port, timeout=timeout) as server:
+    with start_process(
+        server_command(workdir, model, args),
+        workdir,
+        server_settings(workdir, port, secret, env),
+        port=port,
+        timeout=timeout,
+        new_session=new_session,
+    ) as server:
         yield server

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from neuronpedia_graph.api import MAX_BODY_BYTES
 from neuronpedia_graph.api.auth import require_secret
 from neuronpedia_graph.api.responses import json_response
 from neuronpedia_graph.errors import InvalidRequest, ServiceError
@@ -67,6 +69,8 @@ def openapi() -> Response:
 
 def _body() -> Any:
     raw = request.get_data(cache=False)
+    if request.content_length is None and len(raw) >= MAX_BODY_BYTES:  # chunked, cut at limit
+        raise RequestEntityTooLarge()
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -102,7 +106,7 @@ def _graph_reply(result: GraphResult, timings: Timings, headers: dict[str, str])
         metrics.uploads.labels("ok").inc()
         return json_response(result.upload, headers=headers)
     body = result.document or b""
-    if request.accept_encodings["gzip"] > 0:
+    if request.accept_encodings.best_match(("gzip", "identity")) == "gzip":  # q-values
         from neuronpedia_graph.compression import gzip_compress
 
         body = gzip_compress(body, level=_service().settings.gzip_level)
