@@ -131,3 +131,31 @@ def test_vendored_graph_schema_matches_the_web_app_contract():
     if not SHARED_SCHEMA_PATH.is_file():
         pytest.skip(f"no published contract beside the repo ({SHARED_SCHEMA_PATH})")
     assert json.loads(SCHEMA_PATH.read_text()) == json.loads(SHARED_SCHEMA_PATH.read_text())
+
+
+def test_every_setting_is_documented_in_the_readme_and_env_example():
+    """One declaration in Settings; the README table and .env.example must not fall behind."""
+    from neuronpedia_graph.settings import Settings, env_var
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    example = (REPO / ".env.example").read_text()
+    missing = [env_var(f) for f in Settings.model_fields if f"`{env_var(f)}`" not in readme]
+    assert missing == [], f"README.md does not document {missing}"
+    in_example = [env_var(f) for f in Settings.model_fields if f"{env_var(f)}=" not in example]
+    assert set(in_example) <= {"DEV"}, f".env.example lacks {in_example}"
+
+
+def test_the_command_line_is_generated_from_the_settings(tmp_path):
+    from neuronpedia_graph.settings import build_parser
+
+    help_text = build_parser().format_help()
+    for flag in ("--max-graph-links", "--upload-allowed-hosts", "--neuronpedia-id", "--no-viewer"):
+        assert flag in help_text
+    assert "--secret" not in help_text and "--hf-token" not in help_text  # kept off argv
+    s = load_settings(
+        ["--max-graph-links", "7", "--no-viewer", "--neuronpedia-id", "x"],
+        environ={},
+        env_file=tmp_path / "none",
+    )
+    assert (s.max_graph_links, s.viewer, s.neuronpedia_model_id) == (7, False, "x")
