@@ -31,6 +31,7 @@ class Settings(BaseModel):
 
     model_id: str = "demo"
     transcoder_set: str | None = None
+    neuronpedia_id: str | None = None
     secret: SecretStr | None = None
     hf_token: SecretStr | None = None
     host: str = "0.0.0.0"
@@ -80,6 +81,7 @@ class Settings(BaseModel):
 ENV_VARS: dict[str, str] = {
     "model_id": "MODEL_ID",
     "transcoder_set": "TRANSCODER_SET",
+    "neuronpedia_id": "NEURONPEDIA_MODEL_ID",
     "secret": "SECRET",
     "hf_token": "HF_TOKEN",
     "host": "HOST",
@@ -121,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--transcoder-set",
         help="circuit-tracer transcoder reference: HF repo, "
         "hf:// URI, or a local directory with config.yaml (env TRANSCODER_SET)",
+    )
+    parser.add_argument(
+        "--neuronpedia-id",
+        help="the model's Neuronpedia id, written as metadata.scan (env NEURONPEDIA_MODEL_ID; "
+        "default: from the model table)",
     )
     parser.add_argument("--host", help="bind address (env HOST; default 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port (env PORT; default 5004)")
@@ -207,7 +214,7 @@ def load_settings(
     for field in _BOOL_FIELDS:
         if isinstance(values.get(field), str):
             values[field] = _parse_bool(field, values[field])
-    for field in ("transcoder_set", "backend", "torch_threads"):
+    for field in ("transcoder_set", "neuronpedia_id", "backend", "torch_threads"):
         if values.get(field) == "":
             values[field] = None
     try:
