@@ -107,12 +107,15 @@ class GraphService:
 
     def tokenize(self, prompt: str) -> torch.Tensor:
         """Token ids exactly as attribution and steering see them, with exactly one BOS."""
+        from neuronpedia_graph.prompt_rules import PromptFormatError
         from neuronpedia_graph.steering import SteerValidationError, prompt_token_ids
 
         try:
             ids = prompt_token_ids(self.model, prompt)
         except SteerValidationError:
             raise InvalidRequest("Prompt produced no tokens") from None
+        except PromptFormatError as exc:
+            raise InvalidRequest(str(exc)) from None
         limit = self.settings.token_limit
         if len(ids) > limit:
             raise InvalidRequest(

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import BatchEncoding
 
 from neuronpedia_graph.chat import canonical_prompt
+from neuronpedia_graph.prompt_rules import check_prompt_format
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
@@ -97,6 +98,7 @@ def prompt_token_ids(model: Any, prompt: str) -> torch.Tensor:
     text = canonical_prompt(model.tokenizer, prompt)
     if not text or not model.tokenizer(text, add_special_tokens=False).input_ids:
         raise SteerValidationError("prompt: the prompt contains no tokens")
+    check_prompt_format(model, text)
     return model.ensure_tokenized(text)
 
 
