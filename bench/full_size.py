@@ -216,8 +216,22 @@ def serve_and_measure(
             except requests.RequestException:
                 pass
             time.sleep(0.5)
+        model_load = next(
+            (
+                line.split("load time", 1)[1].strip()
+                for line in log_path.read_text(errors="replace").splitlines()
+                if "load time" in line
+            ),
+            "?",
+        )
         run.phases.append(
-            Phase("load", time.perf_counter() - started, watch.phase_peak / GIB, True)
+            Phase(
+                "load",
+                time.perf_counter() - started,
+                watch.phase_peak / GIB,
+                True,
+                f"process start to ready; model load {model_load}",
+            )
         )
         health = requests.get(f"{base}/health", timeout=10).json()
         requests_to_make = [
