@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from neuronpedia_graph.presets import (
+    MODELS,
     derived_neuronpedia_id,
     find_preset,
     find_transcoder_set,
@@ -201,7 +202,7 @@ def resolve_spec(settings: Settings) -> ModelSpec:
         raise ModelLoadError(
             f"No transcoder set is known for model '{requested}': pass --transcoder-set "
             "(or TRANSCODER_SET) with a Hugging Face repo, an hf:// URI or a local directory "
-            "holding config.yaml. Known models: " + ", ".join(m for m in sorted(_known_model_ids()))
+            "holding config.yaml. Known models: " + ", ".join(sorted(MODELS))
         )
     backend = settings.backend or "nnsight"
     if model_is_local and backend == "transformerlens":
@@ -236,12 +237,6 @@ def resolve_spec(settings: Settings) -> ModelSpec:
         accepted_ids=frozenset({requested, name, model_path, neuronpedia_id}),
         warnings=tuple(warnings),
     )
-
-
-def _known_model_ids() -> list[str]:
-    from neuronpedia_graph.presets import MODELS
-
-    return list(MODELS)
 
 
 def _read_local_config(directory: Path) -> dict[str, Any]:

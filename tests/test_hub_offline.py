@@ -116,3 +116,21 @@ def test_missing_config_yaml_offline_names_the_repository(hub_cache, tmp_path):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert "'mwhanna/gemma-scope-transcoders'" in last and "offline mode" in last
+
+
+def test_fabricated_cache_is_a_valid_hub_cache(gemma_home):
+    """huggingface_hub's own scanner reads it cleanly: blobs, snapshots, refs/main."""
+    from huggingface_hub import scan_cache_dir
+
+    info = scan_cache_dir(gemma_home / "hub")
+    assert not info.warnings
+    repos = {repo.repo_id: repo for repo in info.repos}
+    assert set(repos) == {
+        "google/gemma-2-2b",
+        "mwhanna/gemma-scope-transcoders",
+        "google/gemma-scope-2b-pt-transcoders",
+    }
+    for repo_id, repo in repos.items():
+        (revision,) = repo.revisions
+        assert revision.commit_hash == revision_for(repo_id) and "main" in revision.refs
+        assert all(f.file_path.resolve().is_file() for f in revision.files)

@@ -51,6 +51,10 @@ SOURCE_URLS = {
 }
 
 
+# (layer, index, position) of a feature from each pair's graph, for the steering test.
+served_features: dict[str, tuple[int, int, int]] = {}
+
+
 @pytest.fixture(scope="session")
 def hub_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("hf_home")
@@ -174,9 +178,6 @@ def test_graph_matches_the_web_app_schema_and_scan(served, graph_schema):
     # A feature from this graph drives the steering test below.
     node = next(n for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder")
     served_features[pair.key] = tuple(map(int, node["node_id"].split("_")))
-
-
-served_features: dict[str, tuple[int, int, int]] = {}
 
 
 def test_forward_pass(served):
