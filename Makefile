@@ -8,7 +8,7 @@ UV := $(VENV)/uv/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
 
-.PHONY: install install-dev browser run test lint format bench bench-viewer bench-load bench-half-open lock demo-model clean
+.PHONY: install install-dev browser run test lint format bench bench-viewer bench-load bench-half-open lock demo-model clean check-full-size
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,10 @@ bench-load: install-dev
 # Half-open connections against stock gthread and our buffering worker (the worker's evidence).
 bench-half-open: install-dev
 	HF_HUB_OFFLINE=1 $(PY) bench/half_open.py $(ARGS)
+
+# The presets at full architecture size on CPU (random weights; ~15 min, needs ~14 GB free RAM).
+check-full-size: install-dev
+	$(PY) bench/full_size.py
 
 # Rebuild the committed demo model and transcoders (byte-identical; about 2.5 min on 2 cores).
 demo-model: install

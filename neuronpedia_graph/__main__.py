@@ -24,6 +24,7 @@ def banner(loaded: Any, settings: Settings) -> str:
     lines = [
         "neuronpedia-graph ready",
         f"  model          {spec.model_id} (scan {spec.scan}, backend {spec.backend})",
+        *(f"  WARNING        {warning}" for warning in spec.warnings),
         f"  transcoders    {spec.transcoder_ref}",
         f"  device/dtype   {loaded.device} / {str(loaded.dtype).removeprefix('torch.')}",
         f"  load time      {loaded.load_seconds:.1f} s",
@@ -112,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from neuronpedia_graph.logging_setup import configure_logging
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["describe"]:
+        from neuronpedia_graph.describe import main as describe_main
+
+        return describe_main(args[1:])
     try:
         settings = load_settings(args)
         settings.require_secret()

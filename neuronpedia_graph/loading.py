@@ -2,7 +2,10 @@
 
 Hub access is checked up front (one small file per repository) so that an offline machine, a
 missing token or a gated repository fails in seconds with a one-line reason, instead of deep
-inside transformers after minutes of retries.
+inside transformers after minutes of retries. Hub transcoder sets are resolved from the local
+cache first (`hub_offline`), so a warm cache starts with no network at all.
+
+This module imports torch lazily: `resolve_spec` (used by `describe`) must stay cheap.
 """
 
 from __future__ import annotations
@@ -13,20 +16,23 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
-from neuronpedia_graph.presets import find_preset
+from neuronpedia_graph.presets import (
+    MODELS,
+    derived_neuronpedia_id,
+    find_preset,
+    find_transcoder_set,
+    hub_ref_for,
+)
 from neuronpedia_graph.settings import Settings
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import torch
 
-LEGACY_TRANSCODER_SETS = {
-    "gemma": "mwhanna/gemma-scope-transcoders",
-    "llama": "mntss/transcoder-Llama-3.2-1B",
-}
+logger = logging.getLogger(__name__)
 
 
 class ModelLoadError(RuntimeError):
@@ -35,7 +41,11 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to load, resolved from settings without touching the network or the weights."""
+    """What to load, resolved from settings without touching the network or the weights.
+
+    `transcoder_ref` is TRANSCODER_SET as given (`gemma`, a Hub reference or a local path);
+    `scan` is the graph's `metadata.scan`, i.e. the model's Neuronpedia id.
+    """
 
     model_id: str
     model_path: str
@@ -48,6 +58,12 @@ class ModelSpec:
     source_urls: tuple[str, ...] = ()
     neuronpedia_source_set: str | None = None
     accepted_ids: frozenset[str] = field(default_factory=frozenset)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def transcoder_hub_ref(self) -> str | None:
+        """circuit-tracer's Hub reference for the transcoders (None for a local directory)."""
+        return None if self.transcoder_is_local else hub_ref_for(self.transcoder_ref)
 
 
 @dataclass
@@ -75,6 +91,8 @@ def circuit_tracer_version() -> str:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -85,6 +103,8 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """bfloat16 halves GPU memory at no cost in quality; on CPU it is ~2.6x slower, so float32."""
+    import torch
+
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
@@ -94,39 +114,83 @@ def _is_local(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or Path(ref).expanduser().is_dir()
 
 
+def _hub_source_urls(transcoder_ref: str) -> tuple[str, ...]:
+    """Source URL of a Hub set the tables do not know: its repository (and subfolder) page."""
+    return (f"https://huggingface.co/{hub_ref_for(transcoder_ref).split('@', 1)[0]}",)
+
+
+def _labels(
+    model_id: str, transcoder_ref: str, transcoder_is_local: bool
+) -> tuple[tuple[str, ...], str | None, list[str]]:
+    """source_urls, neuronpedia_source_set and warnings for a model + transcoder set pair."""
+    if transcoder_is_local:
+        return (), None, []
+    info = find_transcoder_set(transcoder_ref)
+    if info is None:
+        return _hub_source_urls(transcoder_ref), None, []
+    if info.model_id != model_id:
+        warning = (
+            f"transcoder set '{info.name}' was made for {info.model_id}, not {model_id}; "
+            "graphs will not link to its Neuronpedia feature dashboards"
+        )
+        return info.source_urls, None, [warning]
+    return info.source_urls, info.neuronpedia_source_set, []
+
+
 def resolve_spec(settings: Settings) -> ModelSpec:
-    """Map the configured model (and optional transcoder set) to concrete load targets."""
+    """Map the configured model (and optional transcoder set) to concrete load targets.
+
+    Args:
+        settings: MODEL_ID, TRANSCODER_SET, BACKEND and NEURONPEDIA_MODEL_ID are read.
+
+    Returns:
+        The spec; nothing is loaded and the network is not used (a local transcoder directory's
+        config.yaml is read).
+
+    Raises:
+        ModelLoadError: no transcoder set is known or given, or the backend cannot load the model.
+    """
     from neuronpedia_graph import demo
 
     requested = settings.model_id
+    override = settings.neuronpedia_model_id
     preset = find_preset(requested)
     if preset is not None and preset.model_id == "demo":
+        transcoder_ref = settings.transcoder_set or str(demo.TRANSCODER_DIR)
+        if _is_local(transcoder_ref):
+            _read_local_config(Path(transcoder_ref).expanduser())
         return ModelSpec(
             model_id="demo",
             model_path=str(demo.MODEL_DIR),
             model_is_local=True,
-            transcoder_ref=settings.transcoder_set or str(demo.TRANSCODER_DIR),
-            transcoder_is_local=True,
-            scan=preset.scan,
-            neuronpedia_id=preset.neuronpedia_id,
-            backend=settings.backend or "nnsight",
-            accepted_ids=frozenset({"demo"}),
+            transcoder_ref=transcoder_ref,
+            transcoder_is_local=_is_local(transcoder_ref),
+            scan=override or preset.scan,
+            neuronpedia_id=override or preset.neuronpedia_id,
+            backend=settings.backend or preset.backend,
+            accepted_ids=frozenset({*preset.accepted_ids, *([override] if override else [])}),
         )
     if preset is not None:
         transcoder_ref = settings.transcoder_set or preset.transcoder_set
-        custom_set = settings.transcoder_set is not None
+        transcoder_is_local = _is_local(transcoder_ref)
+        if transcoder_is_local:
+            _read_local_config(Path(transcoder_ref).expanduser())
+        source_urls, source_set, warnings = _labels(
+            preset.model_id, transcoder_ref, transcoder_is_local
+        )
         return ModelSpec(
             model_id=preset.model_id,
             model_path=preset.model_id,
             model_is_local=False,
             transcoder_ref=transcoder_ref,
-            transcoder_is_local=_is_local(transcoder_ref),
-            scan=preset.scan if not custom_set else _scan_for(transcoder_ref),
-            neuronpedia_id=preset.neuronpedia_id,
+            transcoder_is_local=transcoder_is_local,
+            scan=override or preset.scan,
+            neuronpedia_id=override or preset.neuronpedia_id,
             backend=settings.backend or preset.backend,
-            source_urls=preset.source_urls if not custom_set else (),
-            neuronpedia_source_set=preset.neuronpedia_source_set if not custom_set else None,
-            accepted_ids=frozenset({preset.model_id, preset.neuronpedia_id, *preset.aliases}),
+            source_urls=source_urls,
+            neuronpedia_source_set=source_set,
+            accepted_ids=frozenset({*preset.accepted_ids, *([override] if override else [])}),
+            warnings=tuple(warnings),
         )
 
     model_is_local = _is_local(requested)
@@ -138,7 +202,7 @@ def resolve_spec(settings: Settings) -> ModelSpec:
         raise ModelLoadError(
             f"No transcoder set is known for model '{requested}': pass --transcoder-set "
             "(or TRANSCODER_SET) with a Hugging Face repo, an hf:// URI or a local directory "
-            "holding config.yaml. Known presets: google/gemma-2-2b, meta-llama/Llama-3.2-1B, demo"
+            "holding config.yaml. Known models: " + ", ".join(sorted(MODELS))
         )
     backend = settings.backend or "nnsight"
     if model_is_local and backend == "transformerlens":
@@ -146,25 +210,33 @@ def resolve_spec(settings: Settings) -> ModelSpec:
             f"Local model directory '{requested}' needs --backend nnsight: TransformerLens only "
             "loads official model names"
         )
+    transcoder_is_local = _is_local(transcoder_ref)
+    if transcoder_is_local:
+        _read_local_config(Path(transcoder_ref).expanduser())
     name = Path(model_path).name if model_is_local else requested
+    source_urls, source_set, warnings = _labels(requested, transcoder_ref, transcoder_is_local)
+    neuronpedia_id = override or derived_neuronpedia_id(name)
+    if override is None:
+        warnings.insert(
+            0,
+            f"'{requested}' has no known Neuronpedia model id; graphs will carry scan "
+            f"'{neuronpedia_id}'. Set NEURONPEDIA_MODEL_ID (or --neuronpedia-id) to the id "
+            "the web app uses for this model",
+        )
     return ModelSpec(
         model_id=requested,
         model_path=model_path,
         model_is_local=model_is_local,
         transcoder_ref=transcoder_ref,
-        transcoder_is_local=_is_local(transcoder_ref),
-        scan=_scan_for(transcoder_ref),
-        neuronpedia_id=name,
+        transcoder_is_local=transcoder_is_local,
+        scan=neuronpedia_id,
+        neuronpedia_id=neuronpedia_id,
         backend=backend,
-        accepted_ids=frozenset({requested, name, model_path}),
+        source_urls=source_urls,
+        neuronpedia_source_set=source_set,
+        accepted_ids=frozenset({requested, name, model_path, neuronpedia_id}),
+        warnings=tuple(warnings),
     )
-
-
-def _scan_for(transcoder_ref: str) -> str:
-    if _is_local(transcoder_ref):
-        config = _read_local_config(Path(transcoder_ref).expanduser())
-        return str(config.get("scan") or Path(transcoder_ref).name)
-    return LEGACY_TRANSCODER_SETS.get(transcoder_ref, transcoder_ref).removeprefix("hf://")
 
 
 def _read_local_config(directory: Path) -> dict[str, Any]:
@@ -229,7 +301,11 @@ def _hub_probe(repo_id: str, filename: str, subfolder: str | None, revision: str
 
 
 def preflight(spec: ModelSpec) -> None:
-    """Fail fast on everything that can be checked without loading weights."""
+    """Fail fast on everything that can be checked without loading weights.
+
+    For a Hub transcoder set this reads its config.yaml (cache first) and, in offline mode,
+    checks that every file it lists is cached, so a cold cache fails before gunicorn starts.
+    """
     if spec.model_is_local:
         if not (Path(spec.model_path) / "config.json").is_file():
             raise ModelLoadError(f"Model directory '{spec.model_path}' has no config.json")
@@ -240,12 +316,25 @@ def preflight(spec: ModelSpec) -> None:
         _resolve_transcoder_files(directory, _read_local_config(directory))
         return
     from circuit_tracer.utils.caching import is_cached
+
+    from neuronpedia_graph import hub_offline
+
+    hub_ref = spec.transcoder_hub_ref or spec.transcoder_ref
+    if is_cached(spec.transcoder_ref) or is_cached(hub_ref):
+        return
     from circuit_tracer.utils.hf_utils import HfUri
 
-    if is_cached(spec.transcoder_ref):
-        return
-    uri = HfUri.from_str(LEGACY_TRANSCODER_SETS.get(spec.transcoder_ref, spec.transcoder_ref))
-    _hub_probe(uri.repo_id, "config.yaml", uri.file_path, uri.revision)
+    repo_id = HfUri.from_str(hub_ref).repo_id
+    try:
+        config = hub_offline.read_hub_config(hub_ref)
+    except Exception as exc:
+        raise ModelLoadError(explain_hub_error(repo_id, exc)) from exc
+    listed = config.get("transcoders")
+    if hub_offline.hub_offline() and isinstance(listed, list):
+        try:
+            hub_offline.resolve_hf_uris([str(p) for p in listed])
+        except hub_offline.HubFilesMissing as exc:
+            raise ModelLoadError(f"Transcoder set '{spec.transcoder_ref}': {exc}") from None
 
 
 def _resolve_transcoder_files(directory: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +367,8 @@ def _load_local_transcoders(directory: Path, settings: Settings, device, dtype) 
 
 def load_model(settings: Settings, spec: ModelSpec | None = None) -> LoadedModel:
     """Load the configured model once; raises ModelLoadError with a one-line reason."""
+    import torch
+
     spec = spec or resolve_spec(settings)
     if settings.hf_token is not None:
         os.environ.setdefault("HF_TOKEN", settings.hf_token.get_secret_value())
@@ -289,7 +380,9 @@ def load_model(settings: Settings, spec: ModelSpec | None = None) -> LoadedModel
     started = time.perf_counter()
 
     from circuit_tracer import ReplacementModel
-    from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
+
+    from neuronpedia_graph import hub_offline
+    from neuronpedia_graph.nnsight_compat import mapped_multimodal_allowed
 
     try:
         if spec.transcoder_is_local:
@@ -297,18 +390,22 @@ def load_model(settings: Settings, spec: ModelSpec | None = None) -> LoadedModel
                 Path(spec.transcoder_ref).expanduser(), settings, device, dtype
             )
         else:
-            transcoders, _ = load_transcoder_from_hub(
+            transcoders = hub_offline.load_hub_transcoders(
                 spec.transcoder_ref,
+                spec.transcoder_hub_ref or spec.transcoder_ref,
                 device=device,
                 dtype=dtype,
                 lazy_encoder=settings.lazy_encoder,
                 lazy_decoder=settings.lazy_decoder,
             )
-        model = ReplacementModel.from_pretrained_and_transcoders(
-            spec.model_path, transcoders, backend=spec.backend, device=device, dtype=dtype
-        )
+        with mapped_multimodal_allowed(spec.backend, _model_architecture(spec)):
+            model = ReplacementModel.from_pretrained_and_transcoders(
+                spec.model_path, transcoders, backend=spec.backend, device=device, dtype=dtype
+            )
     except ModelLoadError:
         raise
+    except hub_offline.HubFilesMissing as exc:
+        raise ModelLoadError(f"Transcoder set '{spec.transcoder_ref}': {exc}") from None
     except Exception as exc:
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -328,3 +425,21 @@ def load_model(settings: Settings, spec: ModelSpec | None = None) -> LoadedModel
         d_transcoder=int(transcoders.d_transcoder),
         load_seconds=time.perf_counter() - started,
     )
+
+
+def _model_architecture(spec: ModelSpec) -> str | None:
+    """`architectures[0]` of the model's config.json (local or cached), None if unreadable."""
+    import json
+
+    from neuronpedia_graph import hub_offline
+
+    if spec.model_is_local:
+        path: str | None = str(Path(spec.model_path) / "config.json")
+    else:
+        path = hub_offline.cached_path(spec.model_path, "config.json")
+    try:
+        with open(path or "", encoding="utf-8") as fh:
+            architectures = json.load(fh).get("architectures") or [None]
+    except (OSError, ValueError):
+        return None
+    return architectures[0]

@@ -1,7 +1,34 @@
-"""Known models and the transcoders, scan and Neuronpedia ids that go with them.
+"""Known models and transcoder sets: THE place to add one.
 
-The scan is what Neuronpedia uses as the model id of a graph, so it must match the web app's
-naming, not circuit-tracer's repository names.
+Why two tables: the web app stores a graph's `metadata.scan` as the graph's *model* id (a foreign
+key into its models table, and part of the graph URL), so the scan must be the model's
+Neuronpedia id whatever transcoders were used. The transcoder set only decides the graph's
+`source_urls` and which Neuronpedia feature dashboards (`neuronpedia_source_set`) its nodes link
+to. The original graph server (apps/graph in hijohnnylin/neuronpedia) keeps the same two tables;
+the model ids, Neuronpedia ids and source URLs below are its values, except where a comment says.
+
+To add a model: one `ModelPreset` line in `MODELS`. To add a transcoder set: one
+`TranscoderSetInfo` in `TRANSCODER_SETS`. `neuronpedia-graph describe MODEL` prints what a start
+would resolve, without loading anything.
+
+Default backends are chosen by evidence: every preset defaults to nnsight. `make
+check-full-size` on a 2-core, 24 GiB CPU machine (random bfloat16 weights at the real
+architecture, DTYPE=bfloat16, 7-token prompt, max_feature_nodes 200; README "Models" has the
+table):
+
+- meta-llama/Llama-3.2-1B: both backends work. TransformerLens converts the checkpoint into a
+  second copy: model load 66 s, 13.7 GB peak RSS; graph 99 s; steer 52 s. nnsight maps the
+  safetensors and holds the weights once: model load 2 s, 1.4 GB after load, 4.9 GB peak during
+  a graph; graph 66 s; steer 19 s.
+- google/gemma-2-2b: TransformerLens peaked above 20.5 GB RSS while loading (bfloat16) and was
+  OOM-killed on this machine (and at 24 GB in float32); on a GPU box with 32 GB of host RAM it
+  is marginal. nnsight: model load 4 s, 1.4 GB after load, 9.0 GB peak during a graph; graph
+  167 s; steer 31 s.
+- Qwen/Qwen3-4B, google/gemma-3-4b-it: nnsight. TransformerLens knows both names, but only at
+  full size (4 B parameters, 8 GB in bfloat16, so ~30 GB of host RAM at the load peak seen
+  above), which this machine cannot try; both are proven through nnsight at small shapes.
+
+BACKEND=transformerlens still selects TransformerLens for the official names it knows.
 """
 
 from __future__ import annotations
@@ -10,58 +37,189 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
-class ModelPreset:
+class TranscoderSetInfo:
+    """A transcoder set circuit-tracer can load, and how graphs made with it are labelled.
+
+    Attributes:
+        name: what users pass as TRANSCODER_SET (`gemma`, or a Hub reference).
+        hub_ref: circuit-tracer's Hub reference (`org/repo[/subfolder][@revision]`).
+        model_id: the HF model the set was trained on.
+        source_urls: `metadata.info.source_urls` of every graph made with this set.
+        neuronpedia_source_set: the Neuronpedia source set holding its feature dashboards.
+    """
+
+    name: str
+    hub_ref: str
     model_id: str
-    transcoder_set: str
-    scan: str
-    neuronpedia_id: str
     source_urls: tuple[str, ...]
-    backend: str = "transformerlens"
-    # Other ids the web app or older clients send for this model.
-    aliases: tuple[str, ...] = field(default_factory=tuple)
     neuronpedia_source_set: str | None = None
 
 
-PRESETS: dict[str, ModelPreset] = {
-    preset.model_id: preset
-    for preset in (
-        ModelPreset(
+@dataclass(frozen=True)
+class ModelPreset:
+    """A model the server knows: its Neuronpedia id, default transcoders and backend.
+
+    Attributes:
+        model_id: the Hugging Face id (what the web app sends as `model_id`).
+        neuronpedia_id: the model's id on Neuronpedia.
+        transcoder_set: name of the default set in `TRANSCODER_SETS`.
+        backend: default circuit-tracer backend (see the module docstring for the evidence).
+        scan_override: `metadata.scan` when it is not `neuronpedia_id` (kept for old graphs).
+        aliases: other ids clients send for this model; all are accepted as `model_id`.
+    """
+
+    model_id: str
+    neuronpedia_id: str
+    transcoder_set: str
+    backend: str = "nnsight"
+    scan_override: str | None = None
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def scan(self) -> str:
+        return self.scan_override or self.neuronpedia_id
+
+    @property
+    def accepted_ids(self) -> frozenset[str]:
+        return frozenset({self.model_id, self.neuronpedia_id, self.scan, *self.aliases})
+
+
+TRANSCODER_SETS: dict[str, TranscoderSetInfo] = {
+    info.name: info
+    for info in (
+        TranscoderSetInfo(
+            name="gemma",
+            hub_ref="mwhanna/gemma-scope-transcoders",
             model_id="google/gemma-2-2b",
-            transcoder_set="gemma",
-            scan="gemma-2-2b",
-            neuronpedia_id="gemma-2-2b",
             source_urls=(
+                "https://neuronpedia.org/gemma-2-2b/gemmascope-transcoder-16k",
                 "https://huggingface.co/google/gemma-scope-2b-pt-transcoders",
-                "https://huggingface.co/mwhanna/gemma-scope-transcoders",
             ),
             neuronpedia_source_set="gemmascope-transcoder-16k",
         ),
-        ModelPreset(
+        TranscoderSetInfo(
+            # The original lists no source URLs for this set (a graph upload with it fails
+            # there with a KeyError); the repository is the honest source.
+            name="llama",
+            hub_ref="mntss/transcoder-Llama-3.2-1B",
             model_id="meta-llama/Llama-3.2-1B",
-            transcoder_set="llama",
-            scan="llama-3-131k-relu",
-            neuronpedia_id="llama3.2-1b",
             source_urls=("https://huggingface.co/mntss/transcoder-Llama-3.2-1B",),
-            # The original Neuronpedia graph server accepted this id for Llama-3.2-1B.
-            aliases=("llama3.1-8b",),
         ),
-        ModelPreset(
-            model_id="demo",
-            transcoder_set="demo",
-            scan="demo",
-            neuronpedia_id="demo",
-            source_urls=(),
-            backend="nnsight",
+        TranscoderSetInfo(
+            name="mntss/clt-gemma-2-2b-2.5M",
+            hub_ref="mntss/clt-gemma-2-2b-2.5M",
+            model_id="google/gemma-2-2b",
+            source_urls=(
+                "https://neuronpedia.org/gemma-2-2b/clt-hp",
+                "https://huggingface.co/mntss/clt-gemma-2-2b-2.5M",
+            ),
+            neuronpedia_source_set="clt-hp",
+        ),
+        TranscoderSetInfo(
+            name="mwhanna/qwen3-4b-transcoders",
+            hub_ref="mwhanna/qwen3-4b-transcoders",
+            model_id="Qwen/Qwen3-4B",
+            source_urls=(
+                "https://neuronpedia.org/qwen3-4b/transcoder-hp",
+                "https://huggingface.co/mwhanna/qwen3-4b-transcoders",
+            ),
+            neuronpedia_source_set="transcoder-hp",
+        ),
+        TranscoderSetInfo(
+            name="mwhanna/gemma-scope-2-4b-it/transcoder_all/width_262k_l0_small_affine",
+            hub_ref="mwhanna/gemma-scope-2-4b-it/transcoder_all/width_262k_l0_small_affine",
+            model_id="google/gemma-3-4b-it",
+            source_urls=(
+                "https://neuronpedia.org/gemma-3-4b-it/gemmascope-transcoder-262k",
+                "https://huggingface.co/mwhanna/gemma-scope-2-4b-it/transcoder_all/width_262k_l0_small_affine",
+                "https://huggingface.co/google/gemma-scope-2-4b-it/transcoder_all",
+            ),
+            neuronpedia_source_set="gemmascope-transcoder-262k",
         ),
     )
 }
 
+MODELS: dict[str, ModelPreset] = {
+    preset.model_id: preset
+    for preset in (
+        ModelPreset(
+            model_id="google/gemma-2-2b",
+            neuronpedia_id="gemma-2-2b",
+            transcoder_set="gemma",
+        ),
+        ModelPreset(
+            # The seed server's scan is kept so existing graphs keep their model id; the
+            # original server sent `llama3.1-8b`, so that id is accepted too.
+            model_id="meta-llama/Llama-3.2-1B",
+            neuronpedia_id="llama-3.2-1b",
+            transcoder_set="llama",
+            scan_override="llama-3-131k-relu",
+            aliases=("llama3.1-8b", "llama3.2-1b"),
+        ),
+        ModelPreset(
+            model_id="Qwen/Qwen3-4B",
+            neuronpedia_id="qwen3-4b",
+            transcoder_set="mwhanna/qwen3-4b-transcoders",
+        ),
+        ModelPreset(
+            model_id="google/gemma-3-4b-it",
+            neuronpedia_id="gemma-3-4b-it",
+            transcoder_set="mwhanna/gemma-scope-2-4b-it/transcoder_all/width_262k_l0_small_affine",
+        ),
+        ModelPreset(model_id="demo", neuronpedia_id="demo", transcoder_set="demo"),
+    )
+}
+
+# Backwards-compatible name: the table of model presets.
+PRESETS = MODELS
+
 
 def find_preset(model_id: str) -> ModelPreset | None:
-    """Look a model up by HF id, Neuronpedia id or alias (case-sensitive, like the Hub)."""
-    if model_id in PRESETS:
-        return PRESETS[model_id]
-    for preset in PRESETS.values():
-        if model_id == preset.neuronpedia_id or model_id in preset.aliases:
+    """Look a model up by HF id, Neuronpedia id, scan or alias (case-sensitive, like the Hub).
+
+    Args:
+        model_id: any id a client or the command line may use for the model.
+
+    Returns:
+        The preset, or None for a model the tables do not know.
+    """
+    if model_id in MODELS:
+        return MODELS[model_id]
+    for preset in MODELS.values():
+        if model_id in preset.accepted_ids:
             return preset
     return None
+
+
+def find_transcoder_set(ref: str) -> TranscoderSetInfo | None:
+    """Look a transcoder set up by its short name or its Hub reference (`hf://` optional).
+
+    Args:
+        ref: TRANSCODER_SET as given.
+
+    Returns:
+        The set's entry, or None for a set the table does not know (a local directory, or any
+        other Hub reference).
+    """
+    if ref in TRANSCODER_SETS:
+        return TRANSCODER_SETS[ref]
+    bare = ref.removeprefix("hf://").rstrip("/")
+    for info in TRANSCODER_SETS.values():
+        if bare in (info.name, info.hub_ref):
+            return info
+    return None
+
+
+def hub_ref_for(ref: str) -> str:
+    """circuit-tracer's Hub reference for TRANSCODER_SET `ref` (short names expanded)."""
+    info = find_transcoder_set(ref)
+    return info.hub_ref if info is not None else ref.removeprefix("hf://")
+
+
+def derived_neuronpedia_id(model_id: str) -> str:
+    """A best guess at an unknown model's Neuronpedia id: the lower-cased repository name.
+
+    Neuronpedia ids are lower-case repository names (`Qwen/Qwen3-4B` -> `qwen3-4b`). This is a
+    guess, so a server using it says so in its banner; NEURONPEDIA_MODEL_ID makes it explicit.
+    """
+    return model_id.rstrip("/").rsplit("/", 1)[-1].lower()

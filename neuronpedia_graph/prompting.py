@@ -16,6 +16,7 @@ from neuronpedia_graph.chat import (
     unsteerable_positions,
 )
 from neuronpedia_graph.errors import InvalidRequest
+from neuronpedia_graph.prompt_rules import PromptFormatError, check_prompt_format
 from neuronpedia_graph.schemas import ChatMessage, EncodedPrompt
 
 
@@ -44,6 +45,10 @@ class ModelPrompts:
         canonical = canonical_prompt(tokenizer, text)
         if not canonical or not tokenizer(canonical, add_special_tokens=False).input_ids:
             return EncodedPrompt(text=canonical, ids=[], content_tokens=0)
+        try:
+            check_prompt_format(self._model, canonical)
+        except PromptFormatError as exc:
+            raise InvalidRequest(str(exc)) from None
         ids: list[int] = self._model.ensure_tokenized(canonical).tolist()
         return EncodedPrompt(
             text=canonical,

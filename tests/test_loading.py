@@ -41,8 +41,9 @@ def test_demo_spec_uses_local_artifacts_and_nnsight():
 def test_preset_spec_accepts_hf_and_neuronpedia_ids():
     spec = resolve_spec(Settings(model_id="google/gemma-2-2b"))
     assert spec.transcoder_ref == "gemma" and spec.scan == "gemma-2-2b"
+    assert spec.transcoder_hub_ref == "mwhanna/gemma-scope-transcoders"
     assert {"google/gemma-2-2b", "gemma-2-2b"} <= spec.accepted_ids
-    assert spec.source_urls and spec.neuronpedia_source_set
+    assert spec.source_urls and spec.neuronpedia_source_set and not spec.warnings
 
 
 def test_unknown_model_without_transcoder_set_is_rejected():
@@ -51,13 +52,16 @@ def test_unknown_model_without_transcoder_set_is_rejected():
 
 
 def test_custom_hub_model_with_transcoder_set():
-    spec = resolve_spec(Settings(model_id="org/model", transcoder_set="org/transcoders"))
+    """The scan is the model's (guessed) Neuronpedia id, never the transcoders' repository."""
+    spec = resolve_spec(Settings(model_id="org/Model-1B", transcoder_set="org/transcoders"))
     assert (spec.model_path, spec.transcoder_ref, spec.scan) == (
-        "org/model",
+        "org/Model-1B",
         "org/transcoders",
-        "org/transcoders",
+        "model-1b",
     )
     assert spec.backend == "nnsight" and not spec.model_is_local
+    assert spec.source_urls == ("https://huggingface.co/org/transcoders",)
+    assert len(spec.warnings) == 1 and "NEURONPEDIA_MODEL_ID" in spec.warnings[0]
 
 
 def test_local_dir_without_config_yaml(tmp_path):
@@ -131,8 +135,15 @@ def test_demo_loads_from_a_custom_local_directory_copy(tmp_path):
 
     shutil.copytree(demo.MODEL_DIR, tmp_path / "model")
     shutil.copytree(demo.TRANSCODER_DIR, tmp_path / "model" / "transcoders")
-    loaded = load_model(Settings(model_id=str(tmp_path / "model"), device="cpu"))
+    settings = Settings(model_id=str(tmp_path / "model"), device="cpu")
+    loaded = load_model(settings)
     assert loaded.spec.model_is_local and loaded.spec.transcoder_ref.endswith("transcoders")
+    # An unknown model serves under a guessed Neuronpedia id, and its banner says so.
+    from neuronpedia_graph.__main__ import banner
+
+    assert loaded.spec.scan == "model"
+    warning = next(line for line in banner(loaded, settings).splitlines() if "WARNING" in line)
+    assert "no known Neuronpedia model id" in warning and "NEURONPEDIA_MODEL_ID" in warning
     ids = loaded.model.ensure_tokenized("The city of Paris is in")
     assert ids[0].item() == loaded.tokenizer.bos_token_id != 0
 

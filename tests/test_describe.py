@@ -1,0 +1,264 @@
+"""The model and transcoder-set tables, seen through `neuronpedia-graph describe`.
+
+Expected values are written out here (not read from presets.py), so a change to a table row
+must be made twice, on purpose. The original server's values: TLENS_MODEL_ID_TO_NP_MODEL_ID and
+TRANSCODER_SET_TO_SOURCE_URL_ARRAYS in apps/graph/neuronpedia_graph/server.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neuronpedia_graph import demo
+from neuronpedia_graph.describe import describe
+
+REPO = Path(__file__).resolve().parents[1]
+
+GEMMA_URLS = [
+    "https://neuronpedia.org/gemma-2-2b/gemmascope-transcoder-16k",
+    "https://huggingface.co/google/gemma-scope-2b-pt-transcoders",
+]
+CLT_URLS = [
+    "https://neuronpedia.org/gemma-2-2b/clt-hp",
+    "https://huggingface.co/mntss/clt-gemma-2-2b-2.5M",
+]
+QWEN_URLS = [
+    "https://neuronpedia.org/qwen3-4b/transcoder-hp",
+    "https://huggingface.co/mwhanna/qwen3-4b-transcoders",
+]
+GEMMA3_SET = "mwhanna/gemma-scope-2-4b-it/transcoder_all/width_262k_l0_small_affine"
+GEMMA3_URLS = [
+    "https://neuronpedia.org/gemma-3-4b-it/gemmascope-transcoder-262k",
+    f"https://huggingface.co/{GEMMA3_SET}",
+    "https://huggingface.co/google/gemma-scope-2-4b-it/transcoder_all",
+]
+LLAMA_URLS = ["https://huggingface.co/mntss/transcoder-Llama-3.2-1B"]
+
+# model, explicit set (None: the default) -> the fields describe must print.
+ROWS = [
+    (
+        "google/gemma-2-2b",
+        None,
+        dict(
+            transcoder_set="gemma",
+            transcoder_ref="mwhanna/gemma-scope-transcoders",
+            scan="gemma-2-2b",
+            neuronpedia_id="gemma-2-2b",
+            source_urls=GEMMA_URLS,
+            neuronpedia_source_set="gemmascope-transcoder-16k",
+        ),
+    ),
+    (
+        "google/gemma-2-2b",
+        "gemma",
+        dict(
+            transcoder_set="gemma",
+            transcoder_ref="mwhanna/gemma-scope-transcoders",
+            scan="gemma-2-2b",
+            neuronpedia_id="gemma-2-2b",
+            source_urls=GEMMA_URLS,
+            neuronpedia_source_set="gemmascope-transcoder-16k",
+        ),
+    ),
+    (
+        "google/gemma-2-2b",
+        "mwhanna/gemma-scope-transcoders",
+        dict(
+            transcoder_set="mwhanna/gemma-scope-transcoders",
+            transcoder_ref="mwhanna/gemma-scope-transcoders",
+            scan="gemma-2-2b",
+            neuronpedia_id="gemma-2-2b",
+            source_urls=GEMMA_URLS,
+            neuronpedia_source_set="gemmascope-transcoder-16k",
+        ),
+    ),
+    (
+        "google/gemma-2-2b",
+        "mntss/clt-gemma-2-2b-2.5M",
+        dict(
+            transcoder_set="mntss/clt-gemma-2-2b-2.5M",
+            transcoder_ref="mntss/clt-gemma-2-2b-2.5M",
+            scan="gemma-2-2b",
+            neuronpedia_id="gemma-2-2b",
+            source_urls=CLT_URLS,
+            neuronpedia_source_set="clt-hp",
+        ),
+    ),
+    (
+        "meta-llama/Llama-3.2-1B",
+        None,
+        dict(
+            transcoder_set="llama",
+            transcoder_ref="mntss/transcoder-Llama-3.2-1B",
+            scan="llama-3-131k-relu",
+            neuronpedia_id="llama-3.2-1b",
+            source_urls=LLAMA_URLS,
+            neuronpedia_source_set=None,
+        ),
+    ),
+    (
+        "meta-llama/Llama-3.2-1B",
+        "llama",
+        dict(
+            transcoder_set="llama",
+            transcoder_ref="mntss/transcoder-Llama-3.2-1B",
+            scan="llama-3-131k-relu",
+            neuronpedia_id="llama-3.2-1b",
+            source_urls=LLAMA_URLS,
+            neuronpedia_source_set=None,
+        ),
+    ),
+    (
+        "Qwen/Qwen3-4B",
+        None,
+        dict(
+            transcoder_set="mwhanna/qwen3-4b-transcoders",
+            transcoder_ref="mwhanna/qwen3-4b-transcoders",
+            scan="qwen3-4b",
+            neuronpedia_id="qwen3-4b",
+            source_urls=QWEN_URLS,
+            neuronpedia_source_set="transcoder-hp",
+        ),
+    ),
+    (
+        "Qwen/Qwen3-4B",
+        "hf://mwhanna/qwen3-4b-transcoders",
+        dict(
+            transcoder_set="hf://mwhanna/qwen3-4b-transcoders",
+            transcoder_ref="mwhanna/qwen3-4b-transcoders",
+            scan="qwen3-4b",
+            neuronpedia_id="qwen3-4b",
+            source_urls=QWEN_URLS,
+            neuronpedia_source_set="transcoder-hp",
+        ),
+    ),
+    (
+        "google/gemma-3-4b-it",
+        None,
+        dict(
+            transcoder_set=GEMMA3_SET,
+            transcoder_ref=GEMMA3_SET,
+            scan="gemma-3-4b-it",
+            neuronpedia_id="gemma-3-4b-it",
+            source_urls=GEMMA3_URLS,
+            neuronpedia_source_set="gemmascope-transcoder-262k",
+        ),
+    ),
+    (
+        "google/gemma-3-4b-it",
+        GEMMA3_SET,
+        dict(
+            transcoder_set=GEMMA3_SET,
+            transcoder_ref=GEMMA3_SET,
+            scan="gemma-3-4b-it",
+            neuronpedia_id="gemma-3-4b-it",
+            source_urls=GEMMA3_URLS,
+            neuronpedia_source_set="gemmascope-transcoder-262k",
+        ),
+    ),
+]
+
+
+def _args(model: str, transcoder_set: str | None, *extra: str) -> list[str]:
+    args = [model, "--env-file", "/nonexistent/.env", *extra]
+    return args + (["--transcoder-set", transcoder_set] if transcoder_set else [])
+
+
+@pytest.fixture(autouse=True)
+def _no_env_overrides(monkeypatch):
+    for var in ("MODEL_ID", "TRANSCODER_SET", "NEURONPEDIA_MODEL_ID", "BACKEND"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.parametrize(("model", "transcoder_set", "expected"), ROWS)
+def test_every_table_row(model, transcoder_set, expected):
+    out = describe(_args(model, transcoder_set))
+    assert out["model_id"] == model
+    assert {k: out[k] for k in expected} == expected
+    assert out["backend"] == "nnsight" and out["warnings"] == []
+
+
+@pytest.mark.parametrize(
+    ("alias", "model_id"),
+    [
+        ("gemma-2-2b", "google/gemma-2-2b"),
+        ("llama3.1-8b", "meta-llama/Llama-3.2-1B"),
+        ("llama-3-131k-relu", "meta-llama/Llama-3.2-1B"),
+        ("llama-3.2-1b", "meta-llama/Llama-3.2-1B"),
+        ("qwen3-4b", "Qwen/Qwen3-4B"),
+        ("gemma-3-4b-it", "google/gemma-3-4b-it"),
+    ],
+)
+def test_neuronpedia_ids_and_aliases_select_the_model(alias, model_id):
+    out = describe(_args(alias, None))
+    assert out["model_id"] == model_id and alias in out["accepted_ids"]
+
+
+def test_override_sets_scan_and_is_accepted():
+    out = describe(_args("google/gemma-2-2b", None, "--neuronpedia-id", "gemma-2-2b-custom"))
+    assert (out["scan"], out["neuronpedia_id"]) == ("gemma-2-2b-custom", "gemma-2-2b-custom")
+    assert "gemma-2-2b-custom" in out["accepted_ids"] and out["warnings"] == []
+
+
+def test_override_from_the_environment(monkeypatch):
+    monkeypatch.setenv("NEURONPEDIA_MODEL_ID", "qwen3-1.7b")
+    out = describe(_args("Qwen/Qwen3-1.7B", "mwhanna/qwen3-1.7b-transcoders-lowl0"))
+    assert out["scan"] == "qwen3-1.7b" and out["warnings"] == []
+    assert out["source_urls"] == ["https://huggingface.co/mwhanna/qwen3-1.7b-transcoders-lowl0"]
+
+
+def test_unknown_model_gets_a_guessed_id_and_a_warning():
+    out = describe(_args("Qwen/Qwen3-1.7B", "mwhanna/qwen3-1.7b-transcoders-lowl0"))
+    assert out["scan"] == out["neuronpedia_id"] == "qwen3-1.7b"
+    assert len(out["warnings"]) == 1 and "NEURONPEDIA_MODEL_ID" in out["warnings"][0]
+
+
+def test_a_set_made_for_another_model_is_flagged():
+    out = describe(_args("google/gemma-2-2b", "mwhanna/qwen3-4b-transcoders"))
+    assert out["scan"] == "gemma-2-2b" and out["neuronpedia_source_set"] is None
+    assert "made for Qwen/Qwen3-4B" in out["warnings"][0]
+
+
+def test_local_transcoder_directory():
+    out = describe(_args("demo", str(demo.TRANSCODER_DIR)))
+    assert out["transcoder_ref"] == str(demo.TRANSCODER_DIR.resolve())
+    assert (out["scan"], out["source_urls"]) == ("demo", [])
+
+
+def _run(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET", "MODEL_ID")}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=60, env=env, cwd=REPO
+    )
+
+
+def test_cli_prints_one_json_object_without_loading_torch_or_the_hub():
+    """No weights and no network: neither torch nor huggingface_hub is even imported."""
+    code = (
+        "import sys; from neuronpedia_graph.__main__ import main; "
+        "rc = main(['describe', 'google/gemma-2-2b', '--env-file', '/nonexistent']); "
+        "heavy = [m for m in ('torch', 'huggingface_hub', 'circuit_tracer') if m in sys.modules]; "
+        "print('heavy', heavy, file=sys.stderr); sys.exit(rc)"
+    )
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stderr
+    assert "heavy []" in result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["scan"] == "gemma-2-2b"
+
+
+def test_cli_describe_needs_no_secret_and_reports_errors_on_one_line():
+    ok = _run("-m", "neuronpedia_graph", "describe", "meta-llama/Llama-3.2-1B", "--env-file", "/x")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["scan"] == "llama-3-131k-relu"
+    bad = _run("-m", "neuronpedia_graph", "describe", "gpt2", "--env-file", "/x")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("error: No transcoder set is known for model 'gpt2'")
+    assert len(bad.stderr.strip().splitlines()) == 1
