@@ -177,7 +177,7 @@ class PromptOrMessages(_Request):
 
 class GraphRequest(PromptOrMessages):
     model_id: ModelId
-    slug_identifier: str
+    slug_identifier: Annotated[str, Field(pattern=SLUG_PATTERN.pattern)]
     batch_size: Annotated[Int, Field(ge=1, le=1024)] = 48
     max_n_logits: Annotated[Int, Field(ge=1, le=50)] = 10
     desired_logit_prob: Probability = 0.95
@@ -187,13 +187,6 @@ class GraphRequest(PromptOrMessages):
     signed_url: Annotated[str, Field(max_length=8192)] | None = None
     compress: bool = False
     user_id: Annotated[str, Field(max_length=256)] | None = None
-
-    @field_validator("slug_identifier")
-    @classmethod
-    def _slug(cls, value: str) -> str:
-        if not SLUG_PATTERN.match(value):
-            raise ValueError("must be 1-1024 characters of A-Z, a-z, 0-9, '.', '_' or '-'")
-        return value
 
     @field_validator("signed_url")
     @classmethod

@@ -12,7 +12,7 @@ import json
 import hypothesis
 import pytest
 import schemathesis
-from schemathesis.pytest import from_fixture
+from schemathesis.checks import positive_data_acceptance
 
 from neuronpedia_graph.api.openapi import build_openapi, render
 from neuronpedia_graph.operations import OPERATIONS
@@ -20,8 +20,7 @@ from neuronpedia_graph.schemas import parse_request
 from tests.conftest import REPO, SECRET, LiveServer, start_server
 
 COMMITTED = REPO / "openapi.json"
-# Generated cases per operation and phase; with the examples and coverage phases this gives
-# well over 200 requests per endpoint.
+# Generated cases per operation and mode (valid and invalid): 240 per endpoint in all.
 FUZZ_EXAMPLES = 120
 
 
@@ -63,27 +62,52 @@ def fuzz_server(tmp_path_factory) -> LiveServer:
     """A real server with a small feature cap, so generated graph requests stay quick."""
     with start_server(
         tmp_path_factory.mktemp("fuzz"),
-        {"MAX_FEATURE_NODES": "16", "UPLOAD_ALLOWED_HOSTS": "127.0.0.1"},
+        {"MAX_FEATURE_NODES": "16", "UPLOAD_ALLOWED_HOSTS": "127.0.0.1", "LOG_LEVEL": "WARNING"},
+        secret=SECRET,
     ) as server:
         yield server
 
 
-@pytest.fixture(scope="module")
-def api_schema(fuzz_server):
+def fuzz_cases() -> list[tuple[str, schemathesis.GenerationMode]]:
+    """Every operation with valid data; POSTs (which take a body) with invalid data too."""
+    schema = schemathesis.openapi.from_dict(build_openapi())
+    labels = [result.ok().label for result in schema.get_all_operations()]
+    return [
+        (label, mode)
+        for label in labels
+        for mode in schemathesis.GenerationMode
+        if label.startswith("POST") or mode is schemathesis.GenerationMode.POSITIVE
+    ]
+
+
+@pytest.mark.parametrize(("label", "mode"), fuzz_cases(), ids=lambda v: getattr(v, "value", v))
+def test_fuzzed_requests_never_fail_the_server_or_the_contract(fuzz_server, label, mode):
+    """Generated requests (valid ones, and invalid ones in the negative mode) for one operation:
+    no 5xx, and every reply conforms to the document (status, content type, schema, headers).
+
+    Not checked: that every schema-valid request is accepted. Acceptance depends on the loaded
+    model (`model_id` must name it, prompts must fit its token limit), which a static document
+    cannot say; those refusals are documented 400s, which the status check does verify.
+    """
     schema = schemathesis.openapi.from_dict(build_openapi())
     schema.config.update(base_url=fuzz_server.base)
-    return schema
+    operation = next(r.ok() for r in schema.get_all_operations() if r.ok().label == label)
+    calls: list[int] = []
 
+    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+    @hypothesis.settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    def check(case: schemathesis.Case) -> None:
+        case.call_and_validate(
+            headers={"x-secret-key": SECRET}, timeout=60, excluded_checks=[positive_data_acceptance]
+        )
+        calls.append(1)
 
-schema = from_fixture("api_schema")
-
-
-@schema.parametrize()
-@hypothesis.settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(hypothesis.HealthCheck),
-    derandomize=True,
-)
-def test_fuzzed_requests_never_fail_the_server_or_the_contract(case, fuzz_server):
-    case.call_and_validate(headers={"x-secret-key": SECRET}, timeout=60)
+    check()
+    # Hypothesis really generated cases (a GET without parameters has only one).
+    assert len(calls) >= (50 if label.startswith("POST") else 1)

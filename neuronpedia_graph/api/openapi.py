@@ -123,12 +123,15 @@ def _doc(model: type[BaseModel]) -> str:
     return (model.__doc__ or "").strip().split("\n\n")[0]
 
 
-def _get(summary: str, model: type[BaseModel] | None, media: str = "application/json") -> dict:
-    content: dict[str, Any] = (
-        {media: {"schema": {"$ref": _REF.format(model=model.__name__)}}}
-        if model is not None
-        else {media: {"schema": {"type": "string"}}}
-    )
+def _get(
+    summary: str,
+    model: type[BaseModel] | None,
+    media: str = "application/json",
+    schema: dict[str, Any] | None = None,
+) -> dict:
+    if model is not None:
+        schema = {"$ref": _REF.format(model=model.__name__)}
+    content: dict[str, Any] = {media: {"schema": schema or {"type": "string"}}}
     return {
         "get": {"summary": summary, "responses": {"200": {"description": "OK", "content": content}}}
     }
@@ -152,7 +155,7 @@ def build_openapi() -> dict[str, Any]:
         "/health": _get("Model, limits and busy state (no secret needed)", HealthResponse),
         "/check-busy": _get("Whether the model is in use", BusyResponse),
         "/metrics": _get("Prometheus metrics", None, "text/plain"),
-        "/openapi.json": _get("This document", None),
+        "/openapi.json": _get("This document", None, schema={"type": "object"}),
     }
     for op in OPERATIONS:
         paths[op.path] = {"post": _operation(op)}
