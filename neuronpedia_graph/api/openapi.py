@@ -45,8 +45,8 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
             {
                 "layer": 1,
                 "index": 382,
-                "token_active_position": 5,
-                "steer_position": 5,
+                "token_active_position": 6,
+                "steer_position": 6,
                 "delta": 20.0,
             }
         ],
