@@ -31,7 +31,11 @@ class HubFilesMissing(RuntimeError):
 
 
 def hub_offline() -> bool:
-    """Whether HF_HUB_OFFLINE forbids network access (as huggingface_hub reads it)."""
+    """Whether HF_HUB_OFFLINE forbids network access (as huggingface_hub reads it).
+
+    HF_HUB_OFFLINE is the Hub library's own switch, not one of our settings, so it is read
+    from the environment (here only), at the moment of asking, like the library does.
+    """
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 

@@ -259,7 +259,9 @@ def _read_local_config(directory: Path) -> dict[str, Any]:
 
 
 def _token_note() -> str:
-    return "HF_TOKEN is set" if os.environ.get("HF_TOKEN") else "HF_TOKEN is not set"
+    from huggingface_hub import get_token
+
+    return "HF_TOKEN is set" if get_token() else "HF_TOKEN is not set"
 
 
 def explain_hub_error(repo_id: str, exc: BaseException) -> str:
@@ -271,8 +273,10 @@ def explain_hub_error(repo_id: str, exc: BaseException) -> str:
         RepositoryNotFoundError,
     )
 
+    from neuronpedia_graph import hub_offline
+
     token = _token_note()
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    offline = hub_offline.hub_offline()
     if isinstance(exc, GatedRepoError):
         return (
             f"'{repo_id}' is a gated Hugging Face repository and access was refused ({token}): "
