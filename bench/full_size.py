@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +44,15 @@ import requests
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from testkit.live import (
+    LiveServer,
+    free_port,
+    server_command,
+    server_settings,
+    start_process,
+    wait_until_ready,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -123,12 +132,6 @@ class Run:
     error: str | None = None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def build_cache(
     key: str, hf_home: Path, dtype: str, width: int, min_free: float, small: bool = False
 ) -> Phase:
@@ -169,132 +172,111 @@ def serve_and_measure(
         **{k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_CACHE")},
         "HF_HOME": str(hf_home),
         "HF_HUB_OFFLINE": "1",
-        "SECRET": secret,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "DEVICE": "cpu",
         "DTYPE": dtype,
         "MAX_FEATURE_NODES": "1000",
-        "PYTHONUNBUFFERED": "1",
     }
-    log_path = workdir / f"server-{key}-{backend}.log"
+    rundir = workdir / f"server-{key}-{backend}"  # its server.log, spool and (absent) .env
     model_id = MODELS[key]
     started = time.perf_counter()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "neuronpedia_graph",
-                model_id,
-                "--backend",
-                backend,
-                "--env-file",
-                str(workdir / "none.env"),
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    watch = TreeWatch(proc.pid, limit_gb)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            if proc.poll() is not None or watch.killed_at:
-                tail = log_path.read_text(errors="replace")[-1500:]
-                killed = f"killed at {watch.killed_at:.1f} GB; " if watch.killed_at else ""
-                run.error = f"server exited during load ({killed}rc {proc.poll()}): {tail}"
-                run.phases.append(
-                    Phase("load", time.perf_counter() - started, watch.phase_peak / GIB, False)
-                )
-                return run
-            try:
-                if requests.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        model_load = next(
-            (
-                line.split("load time", 1)[1].strip()
-                for line in log_path.read_text(errors="replace").splitlines()
-                if "load time" in line
-            ),
-            "?",
-        )
-        run.phases.append(
-            Phase(
-                "load",
-                time.perf_counter() - started,
-                watch.phase_peak / GIB,
-                True,
-                f"process start to ready; model load {model_load}",
-            )
-        )
-        health = requests.get(f"{base}/health", timeout=10).json()
-        requests_to_make = [
-            (
-                "graph",
-                "/generate-graph",
-                {
-                    "prompt": PROMPT,
-                    "model_id": model_id,
-                    "slug_identifier": f"full-{key}-{backend}",
-                    "max_feature_nodes": 200,
-                    "batch_size": 48,
-                },
-            ),
-            ("forward_pass", "/forward-pass", {"prompt": PROMPT, "model_id": model_id}),
-            (
-                "steer",
-                "/steer",
-                {
-                    "prompt": PROMPT,
-                    "model_id": model_id,
-                    "n_tokens": 2,
-                    "seed": 1,
-                    "features": [
-                        {
-                            "layer": 1,
-                            "index": 3,
-                            "token_active_position": 3,
-                            "steer_position": 3,
-                            "delta": 10.0,
-                        }
-                    ],
-                },
-            ),
-        ]
-        for name, path, body in requests_to_make:
-            watch.start_phase()
-            t0 = time.perf_counter()
-            try:
-                res = post(base, path, body, secret)
-                ok, note = res.status_code == 200, ("" if res.ok else res.text[:300])
-                if ok and name == "graph":
-                    scan = res.json()["metadata"]["scan"]
-                    ok, note = scan == SCANS[key], f"scan {scan}, {len(res.content)} bytes"
-            except requests.RequestException as exc:
-                ok, note = False, f"{type(exc).__name__}"
-            run.phases.append(
-                Phase(name, time.perf_counter() - t0, watch.phase_peak / GIB, ok, note)
-            )
-            if watch.killed_at:
-                run.error = f"killed at {watch.killed_at:.1f} GB during {name}"
-                break
-        if health.get("backend") != backend:
-            run.error = f"server reports backend {health.get('backend')}"
-    finally:
-        watch.stop()
+    with start_process(
+        server_command(rundir, model_id, ["--backend", backend]),
+        rundir,
+        server_settings(rundir, port, secret, env),
+        port=port,
+        ready=None,
+        new_session=True,
+        inherit_env=False,
+    ) as server:
+        watch = TreeWatch(server.proc.pid, limit_gb)
         try:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            proc.wait()
+            return measure_phases(run, server, watch, secret, started)
+        finally:
+            watch.stop()
+
+
+def measure_phases(
+    run: Run, server: LiveServer, watch: TreeWatch, secret: str, started: float
+) -> Run:
+    """Wait for the server (or its death) and time the graph, forward pass and steer."""
+    key, backend, base, model_id = run.key, run.backend, server.base, MODELS[run.key]
+    try:
+        wait_until_ready(server, timeout=math.inf)  # the watchdog bounds the wait
+    except RuntimeError:
+        killed = f"killed at {watch.killed_at:.1f} GB; " if watch.killed_at else ""
+        tail = server.log()[-1500:]
+        run.error = f"server exited during load ({killed}rc {server.proc.poll()}): {tail}"
+        run.phases.append(
+            Phase("load", time.perf_counter() - started, watch.phase_peak / GIB, False)
+        )
+        return run
+    model_load = next(
+        (
+            line.split("load time", 1)[1].strip()
+            for line in server.log().splitlines()
+            if "load time" in line
+        ),
+        "?",
+    )
+    run.phases.append(
+        Phase(
+            "load",
+            time.perf_counter() - started,
+            watch.phase_peak / GIB,
+            True,
+            f"process start to ready; model load {model_load}",
+        )
+    )
+    health = requests.get(f"{base}/health", timeout=10).json()
+    requests_to_make = [
+        (
+            "graph",
+            "/generate-graph",
+            {
+                "prompt": PROMPT,
+                "model_id": model_id,
+                "slug_identifier": f"full-{key}-{backend}",
+                "max_feature_nodes": 200,
+                "batch_size": 48,
+            },
+        ),
+        ("forward_pass", "/forward-pass", {"prompt": PROMPT, "model_id": model_id}),
+        (
+            "steer",
+            "/steer",
+            {
+                "prompt": PROMPT,
+                "model_id": model_id,
+                "n_tokens": 2,
+                "seed": 1,
+                "features": [
+                    {
+                        "layer": 1,
+                        "index": 3,
+                        "token_active_position": 3,
+                        "steer_position": 3,
+                        "delta": 10.0,
+                    }
+                ],
+            },
+        ),
+    ]
+    for name, path, body in requests_to_make:
+        watch.start_phase()
+        t0 = time.perf_counter()
+        try:
+            res = post(base, path, body, secret)
+            ok, note = res.status_code == 200, ("" if res.ok else res.text[:300])
+            if ok and name == "graph":
+                scan = res.json()["metadata"]["scan"]
+                ok, note = scan == SCANS[key], f"scan {scan}, {len(res.content)} bytes"
+        except requests.RequestException as exc:
+            ok, note = False, f"{type(exc).__name__}"
+        run.phases.append(Phase(name, time.perf_counter() - t0, watch.phase_peak / GIB, ok, note))
+        if watch.killed_at:
+            run.error = f"killed at {watch.killed_at:.1f} GB during {name}"
+            break
+    if health.get("backend") != backend:
+        run.error = f"server reports backend {health.get('backend')}"
     return run
 
 

@@ -29,16 +29,17 @@ The last line is machine-readable key=value.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -164,100 +165,71 @@ def bare_library(
     return out
 
 
+def post_graph(base: str, secret: str, body: dict) -> Any:
+    """POST /generate-graph with the secret; the caller checks the status."""
+    import requests
+
+    return requests.post(
+        f"{base}/generate-graph", json=body, headers={"x-secret-key": secret}, timeout=3600
+    )
+
+
 def server_path(
     backend: str, device: str, prompt: str, sizes: list[int], repeats: int, workdir: Path
 ) -> dict[str, float]:
-    import requests
+    from testkit.live import free_port, server_command, server_settings, start_process
 
     secret = secrets.token_hex(16)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k != "HF_TOKEN"},
-        "SECRET": secret,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
         "DEVICE": device,
         "MAX_FEATURE_NODES": str(max(sizes)),
         "TOKEN_LIMIT": "256",
-        "PYTHONUNBUFFERED": "1",
     }
-    log_path = workdir / f"server-{backend}.log"
+    rundir = workdir / f"server-{backend}"  # its server.log, spool and (absent) .env
     poll = GpuMemoryPoll()
     poll.reset()
     started = time.perf_counter()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "neuronpedia_graph",
-                MODEL,
-                "--backend",
-                backend,
-                "--env-file",
-                str(workdir / "none.env"),
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
     out: dict[str, float] = {}
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{base}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        out["load_s"] = time.perf_counter() - started
-        for i in range(WARMUP):
-            warm = {"prompt": prompt, "model_id": MODEL, "slug_identifier": f"warm-{i}"}
-            warm |= {"batch_size": PARAMS["batch_size"], "max_feature_nodes": min(sizes)}
-            requests.post(
-                f"{base}/generate-graph", json=warm, headers={"x-secret-key": secret}, timeout=3600
-            ).raise_for_status()
-        for size in sizes:
-            times = []
-            for i in range(repeats + 1):
-                body = {
-                    "prompt": prompt,
-                    "model_id": MODEL,
-                    "slug_identifier": f"gpu-{size}-{i}",
-                    "max_feature_nodes": size,
-                    **PARAMS,
-                }
-                t0 = time.perf_counter()
-                res = requests.post(
-                    f"{base}/generate-graph",
-                    json=body,
-                    headers={"x-secret-key": secret},
-                    timeout=3600,
-                )
-                elapsed = time.perf_counter() - t0
-                if res.status_code != 200:
-                    raise RuntimeError(f"graph {size}: {res.status_code} {res.text[:500]}")
-                if i:
-                    times.append(elapsed)
-            out[f"graph_s_{size}"] = statistics.median(times)
-            out[f"json_bytes_{size}"] = float(len(res.content))
+        with start_process(
+            server_command(rundir, MODEL, ["--backend", backend]),
+            rundir,
+            server_settings(rundir, port, secret, env),
+            port=port,
+            timeout=math.inf,
+            new_session=True,
+            inherit_env=False,
+        ) as server:
+            out["load_s"] = time.perf_counter() - started
+            for i in range(WARMUP):
+                warm = {"prompt": prompt, "model_id": MODEL, "slug_identifier": f"warm-{i}"}
+                warm |= {"batch_size": PARAMS["batch_size"], "max_feature_nodes": min(sizes)}
+                post_graph(server.base, secret, warm).raise_for_status()
+            for size in sizes:
+                times = []
+                for i in range(repeats + 1):
+                    body = {
+                        "prompt": prompt,
+                        "model_id": MODEL,
+                        "slug_identifier": f"gpu-{size}-{i}",
+                        "max_feature_nodes": size,
+                        **PARAMS,
+                    }
+                    t0 = time.perf_counter()
+                    res = post_graph(server.base, secret, body)
+                    elapsed = time.perf_counter() - t0
+                    if res.status_code != 200:
+                        raise RuntimeError(f"graph {size}: {res.status_code} {res.text[:500]}")
+                    if i:
+                        times.append(elapsed)
+                out[f"graph_s_{size}"] = statistics.median(times)
+                out[f"json_bytes_{size}"] = float(len(res.content))
     finally:
         peak = poll.stop()
         if peak is not None:
             out["device_peak_gb"] = peak
-        try:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
     return out
 
 

@@ -29,14 +29,9 @@ import requests
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.live import HalfOpenSwarm, Server, started_server
+from bench.live import HalfOpenSwarm, Server, demo_graph, percentile, started_server
 
-GRAPH = {
-    "prompt": "The city of Paris is in",
-    "model_id": "demo",
-    "slug_identifier": "half-open",
-    "max_feature_nodes": 200,
-}
+GRAPH = demo_graph("half-open")
 HEALTH_TIMEOUT_S = 10.0
 
 
@@ -65,10 +60,6 @@ def graph_ms(server: Server) -> float:
     )
     res.raise_for_status()
     return (time.perf_counter() - started) * 1000
-
-
-def p99(values: list[float]) -> float:
-    return sorted(values)[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
 
 
 def measure(worker: str | None, threads: int, attackers: int, rounds: int) -> dict[str, float]:
@@ -102,7 +93,7 @@ def measure(worker: str | None, threads: int, attackers: int, rounds: int) -> di
         "base_graph_ms": statistics.median(base_graph),
         "frozen": 0,
         "health_p50": statistics.median(health),
-        "health_p99": p99(health),
+        "health_p99": percentile(health, 0.99),
         "graph_ms": statistics.median(graph),
         "graph_ratio": statistics.median(graph) / statistics.median(base_graph),
     }

@@ -14,13 +14,8 @@ Run: `.venv/bin/python bench/health_during_uploads.py [--uploads 4] [--probes 40
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,14 +25,10 @@ import requests
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.live import demo_graph, percentile, started_server
 from tests.fault_targets import gated_target
 
-BODY = {
-    "prompt": "The city of Paris is in",
-    "model_id": "demo",
-    "slug_identifier": "held",
-    "max_feature_nodes": 200,
-}
+BODY = demo_graph("held")
 
 
 def probe(base: str, count: int, timeout: float) -> tuple[list[float], int]:
@@ -57,13 +48,6 @@ def probe(base: str, count: int, timeout: float) -> tuple[list[float], int]:
     return latencies, timeouts
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--uploads", type=int, default=4, help="uploads held at the target")
@@ -71,45 +55,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args()
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    secret = secrets.token_hex(16)
-    workdir = tempfile.mkdtemp(prefix="npg-health-")
-    env = {
-        **os.environ,
-        "SECRET": secret,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "DEVICE": "cpu",
-        "HF_HUB_OFFLINE": "1",
-        "LOG_LEVEL": "WARNING",
-        "SPOOL_DIR": f"{workdir}/spool",
-        "UPLOAD_ALLOWED_HOSTS": "127.0.0.1",
-        "UPLOAD_READ_TIMEOUT": "600",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "neuronpedia_graph", "demo", "--env-file", f"{workdir}/.env"],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    headers = {"x-secret-key": secret}
     statuses: dict[int | str, int] = {}
     held_ok = 0
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("server did not start")
-            time.sleep(0.2)
+    settings = {"UPLOAD_ALLOWED_HOSTS": "127.0.0.1", "UPLOAD_READ_TIMEOUT": "600"}
+    with started_server(settings, pythonpath=None) as server:
+        base = server.base
+        headers = {"x-secret-key": server.secret}
         requests.post(f"{base}/generate-graph", json=BODY, headers=headers, timeout=300)  # warm
         idle, idle_timeouts = probe(base, args.probes, args.timeout)
 
@@ -155,9 +106,6 @@ def main() -> int:
         for res in extra:
             key = getattr(res, "status_code", type(res).__name__)
             statuses[key] = statuses.get(key, 0) + 1
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
     print(f"{args.uploads} uploads held at the target; more uploads fired meanwhile: {statuses}")
     print(f"held uploads answered 200 after the target answered: {held_ok}/{args.uploads}")
@@ -166,13 +114,13 @@ def main() -> int:
         ("held", loaded, loaded_timeouts),
     ):
         print(
-            f"  {name:5} /health+/check-busy: n={len(values)} p50={pct(values, 0.5):.1f} ms "
-            f"p99={pct(values, 0.99):.1f} ms max={max(values, default=float('nan')):.1f} ms "
+            f"  {name:5} /health+/check-busy: n={len(values)} p50={percentile(values, 0.5):.1f} ms "
+            f"p99={percentile(values, 0.99):.1f} ms max={max(values, default=float('nan')):.1f} ms "
             f"timeouts(>{args.timeout:g}s)={timeouts}"
         )
     ratio = statistics.median(loaded) / statistics.median(idle) if loaded and idle else float("nan")
     print(
-        f"held_p99_ms={pct(loaded, 0.99):.1f} idle_p99_ms={pct(idle, 0.99):.1f} "
+        f"held_p99_ms={percentile(loaded, 0.99):.1f} idle_p99_ms={percentile(idle, 0.99):.1f} "
         f"p50_ratio={ratio:.2f} timeouts={loaded_timeouts} held_ok={held_ok}"
     )
     return 0

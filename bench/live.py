@@ -1,11 +1,11 @@
-"""Shared parts of the server benchmarks: start the real server, find its worker, hold half-open
-connections. Everything binds to and connects to loopback only.
+"""Shared parts of the server benchmarks: start the real server (through testkit.live), find
+its worker, read its memory, hold half-open connections. Everything binds to and connects to
+loopback only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
 import socket
@@ -14,11 +14,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
+if __package__ in (None, ""):  # run or imported as a file: make testkit importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from testkit.live import free_port, server_command, server_settings, start_process
 
 REPO = Path(__file__).resolve().parents[1]
 BOOT_LINE = re.compile(rb"Booting worker with pid: (\d+)")
@@ -43,10 +46,16 @@ class Server:
         return int(pids[-1]) if pids else None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def status_kb(pid: int, key: str) -> int:
+    """One kB field of /proc/PID/status (Linux): VmRSS is resident now, VmHWM its peak.
+
+    Raises:
+        KeyError: the process has no such field (a kernel thread, a zombie).
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
 
 
 def rss_mb(pid: int | None) -> float | None:
@@ -54,41 +63,58 @@ def rss_mb(pid: int | None) -> float | None:
     if pid is None:
         return None
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
+        return status_kb(pid, "VmRSS") / 1024
+    except (OSError, KeyError):
         return None
-    return None
+
+
+def percentile(values: list[float], q: float, empty: float = float("nan")) -> float:
+    """The nearest-rank `q` quantile of `values`; `empty` when there are none."""
+    if not values:
+        return empty
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def demo_graph(slug: str) -> dict[str, object]:
+    """A small /generate-graph body for the demo model (the prompt every server bench uses)."""
+    return {
+        "prompt": "The city of Paris is in",
+        "model_id": "demo",
+        "slug_identifier": slug,
+        "max_feature_nodes": 200,
+    }
 
 
 @contextlib.contextmanager
 def started_server(
-    extra_env: dict[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
     worker_class: str | None = None,
     log_level: str = "WARNING",
+    *,
+    pythonpath: str | None = str(REPO),
 ) -> Iterator[Server]:
     """`python -m neuronpedia_graph demo` on a free loopback port (what `make run` starts).
 
-    `worker_class` replaces the server's worker (e.g. "gthread", to compare with stock gunicorn).
+    Args:
+        extra_env: settings over the CPU/loopback/offline defaults.
+        worker_class: replaces the server's worker (e.g. "gthread", to compare with stock
+            gunicorn).
+        log_level: the server's LOG_LEVEL (INFO logs the worker's pid for `worker_pid`).
+        pythonpath: where the server imports neuronpedia_graph from; None keeps this
+            environment's PYTHONPATH (to measure another checkout over HTTP).
+
+    Yields:
+        The server once /health answers; it is stopped on exit.
     """
     secret = secrets.token_hex(16)
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="npg-bench-"))
-    env = {
-        **os.environ,
-        "SECRET": secret,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "DEVICE": "cpu",
-        "HF_HUB_OFFLINE": "1",
-        "LOG_LEVEL": log_level,
-        "SPOOL_DIR": str(workdir / "spool"),
-        "PYTHONUNBUFFERED": "1",
-        **(extra_env or {}),
-    }
+    env = {"HF_HUB_OFFLINE": "1", "LOG_LEVEL": log_level, **(extra_env or {})}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
     if worker_class is None:
-        cmd = [sys.executable, "-m", "neuronpedia_graph", "demo"]
+        cmd = server_command(workdir)
     else:
         code = (
             "from neuronpedia_graph.__main__ import serve_gunicorn;"
@@ -96,35 +122,9 @@ def started_server(
             f"serve_gunicorn(load_settings(['demo']), worker_class={worker_class!r})"
         )
         cmd = [sys.executable, "-c", code]
-    log_path = workdir / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*cmd, "--env-file", str(workdir / ".env")] if worker_class is None else cmd,
-            cwd=workdir,
-            env={**env, "PYTHONPATH": str(REPO)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(f"http://127.0.0.1:{port}", secret, proc, log_path)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if requests.get(f"{server.base}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("server did not start:\n" + log_path.read_text()[-3000:])
-            time.sleep(0.2)
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    settings = server_settings(workdir, port, secret, env)
+    with start_process(cmd, workdir, settings, port=port, timeout=300) as live:
+        yield Server(live.base, secret, live.proc, live.log_path)
 
 
 @dataclass

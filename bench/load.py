@@ -39,7 +39,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,14 +49,10 @@ import requests
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.live import HalfOpenSwarm, Server, rss_mb, started_server
+from bench.live import HalfOpenSwarm, Server, demo_graph, percentile, rss_mb, started_server
+from tests.fault_targets import QuietHandler, Target, serve
 
-GRAPH = {
-    "prompt": "The city of Paris is in",
-    "model_id": "demo",
-    "slug_identifier": "load",
-    "max_feature_nodes": 200,
-}
+GRAPH = demo_graph("load")
 FORWARD = {"prompt": "1 2 3 4 5 6"}
 STEER = {
     "model_id": "demo",
@@ -83,8 +78,7 @@ def comparable_graph(doc: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the slow upload target
 @dataclass
-class SlowTarget:
-    url: str
+class SlowTarget(Target):
     received: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -93,32 +87,15 @@ def slow_target(delay: float, stop: threading.Event) -> Iterator[SlowTarget]:
     """A loopback S3 stand-in that reads each PUT and answers 200 only after `delay` seconds."""
     target = SlowTarget(url="")
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(QuietHandler):
         def do_PUT(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             target.received[self.path] = body
             stop.wait(delay)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.send_empty(200)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.start()
-    host, port = server.server_address[:2]
-    target.url = f"http://{host}:{port}"
-    try:
+    with serve(Handler, target):
         yield target
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 # ---------------------------------------------------------------- the run
@@ -278,11 +255,6 @@ class Load:
         return rss_start, rss_mb(pid), swarm
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else -1.0
-
-
 def report(
     load: Load, swarm: HalfOpenSwarm, rss_start: float | None, rss_end: float | None
 ) -> None:
@@ -295,7 +267,7 @@ def report(
     answers = ", ".join(f"{status} x {n}" for status, n in sorted(swarm.answered.items()))
     print(f"half-open connections: {swarm.opened} opened; server answers: {answers or 'none yet'}")
     health = tally.health_ms
-    p50, p99 = percentile(health, 0.5), percentile(health, 0.99)
+    p50, p99 = percentile(health, 0.5, -1.0), percentile(health, 0.99, -1.0)
     print(
         f"/health: {len(health)} probes, p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
         f"max {max(health, default=-1):.1f} ms, timeouts {tally.health_timeouts}"

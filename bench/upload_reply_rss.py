@@ -13,13 +13,7 @@ Run: `.venv/bin/python bench/upload_reply_rss.py [--reply-mb 200]`.
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import psutil
@@ -28,29 +22,18 @@ import requests
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.live import demo_graph, started_server, status_kb
 from tests.fault_targets import big_reply_target, flaky_target
 
-BODY = {
-    "prompt": "The city of Paris is in",
-    "model_id": "demo",
-    "slug_identifier": "rss",
-    "max_feature_nodes": 200,
-}
-
-
-def _status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
+BODY = demo_graph("rss")
 
 
 def peak_growth_mb(pid: int, send) -> tuple[float, int]:
     """(peak RSS above the starting RSS during send(), in MB; the HTTP status)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := current RSS
-    before = _status_kb(pid, "VmRSS")
+    before = status_kb(pid, "VmRSS")
     status = send()
-    return (_status_kb(pid, "VmHWM") - before) / 1024, status
+    return (status_kb(pid, "VmHWM") - before) / 1024, status
 
 
 def main() -> int:
@@ -59,44 +42,11 @@ def main() -> int:
     args = parser.parse_args()
     size = args.reply_mb * 1000 * 1000
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    secret = secrets.token_hex(16)
-    workdir = tempfile.mkdtemp(prefix="npg-rss-")
-    env = {
-        **os.environ,
-        "SECRET": secret,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "DEVICE": "cpu",
-        "HF_HUB_OFFLINE": "1",
-        "LOG_LEVEL": "WARNING",
-        "SPOOL_DIR": f"{workdir}/spool",
-        "UPLOAD_ALLOWED_HOSTS": "127.0.0.1",
-        "UPLOAD_RETRIES": "0",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "neuronpedia_graph", "demo", "--env-file", f"{workdir}/.env"],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    headers = {"x-secret-key": secret}
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("server did not start")
-            time.sleep(0.2)
-        (worker,) = psutil.Process(proc.pid).children()
+    settings = {"UPLOAD_ALLOWED_HOSTS": "127.0.0.1", "UPLOAD_RETRIES": "0"}
+    with started_server(settings, pythonpath=None) as server:
+        base = server.base
+        headers = {"x-secret-key": server.secret}
+        (worker,) = psutil.Process(server.proc.pid).children()
 
         def upload(url: str) -> int:
             body = {**BODY, "signed_url": url}
@@ -112,10 +62,7 @@ def main() -> int:
         for status in (403, 200):
             with big_reply_target(size, status) as target:
                 results[status] = peak_growth_mb(worker.pid, lambda t=target: upload(t.url))
-        rss_end = _status_kb(worker.pid, "VmRSS") / 1024
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        rss_end = status_kb(worker.pid, "VmRSS") / 1024
 
     print(f"worker peak RSS growth per upload request (reply body {args.reply_mb} MB):")
     print(f"  {'empty 200 reply':24} {normal:7.1f} MB  (HTTP {normal_status})")

@@ -298,17 +298,24 @@ GEMMA2_2B = ModelShape(2304, 26, 8, 4, 256, 9216, 256000)
 LLAMA32_1B = ModelShape(2048, 16, 32, 8, 64, 8192, 128256)
 
 
+def _dims(shape: ModelShape, vocab: int) -> dict[str, int]:
+    """The config fields that every architecture here names the same way."""
+    return {
+        "vocab_size": vocab,
+        "hidden_size": shape.d_model,
+        "intermediate_size": shape.d_mlp,
+        "num_hidden_layers": shape.n_layers,
+        "num_attention_heads": shape.n_heads,
+        "num_key_value_heads": shape.n_kv_heads,
+        "head_dim": shape.head_dim,
+    }
+
+
 def _gemma2_config(shape: ModelShape, vocab: int) -> Any:
     from transformers import Gemma2Config
 
     return Gemma2Config(
-        vocab_size=vocab,
-        hidden_size=shape.d_model,
-        intermediate_size=shape.d_mlp,
-        num_hidden_layers=shape.n_layers,
-        num_attention_heads=shape.n_heads,
-        num_key_value_heads=shape.n_kv_heads,
-        head_dim=shape.head_dim,
+        **_dims(shape, vocab),
         query_pre_attn_scalar=shape.head_dim,
         max_position_embeddings=8192,
         sliding_window=4096,
@@ -323,13 +330,7 @@ def _llama_config(shape: ModelShape, vocab: int, bos: int, eos: int) -> Any:
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=shape.d_model,
-        intermediate_size=shape.d_mlp,
-        num_hidden_layers=shape.n_layers,
-        num_attention_heads=shape.n_heads,
-        num_key_value_heads=shape.n_kv_heads,
-        head_dim=shape.head_dim,
+        **_dims(shape, vocab),
         max_position_embeddings=131072,
         rope_theta=500000.0,
         rope_scaling={
@@ -351,13 +352,7 @@ def _qwen3_config(shape: ModelShape, vocab: int, eos: int) -> Any:
     from transformers import Qwen3Config
 
     return Qwen3Config(
-        vocab_size=vocab,
-        hidden_size=shape.d_model,
-        intermediate_size=shape.d_mlp,
-        num_hidden_layers=shape.n_layers,
-        num_attention_heads=shape.n_heads,
-        num_key_value_heads=shape.n_kv_heads,
-        head_dim=shape.head_dim,
+        **_dims(shape, vocab),
         max_position_embeddings=40960,
         rope_theta=1000000.0,
         rms_norm_eps=1e-6,
@@ -372,13 +367,7 @@ def _gemma3_config(shape: ModelShape, vocab: int) -> Any:
 
     return Gemma3Config(
         text_config={
-            "vocab_size": vocab,
-            "hidden_size": shape.d_model,
-            "intermediate_size": shape.d_mlp,
-            "num_hidden_layers": shape.n_layers,
-            "num_attention_heads": shape.n_heads,
-            "num_key_value_heads": shape.n_kv_heads,
-            "head_dim": shape.head_dim,
+            **_dims(shape, vocab),
             "query_pre_attn_scalar": shape.head_dim,
             "sliding_window": 1024,
         },
@@ -485,6 +474,25 @@ def _plt_tensors(
     return tensors
 
 
+def _config_yaml(
+    model_kind: str,
+    input_hook: str,
+    output_hook: str,
+    scan: str,
+    transcoders: list[str] | None = None,
+) -> dict[str, Any]:
+    """A transcoder config.yaml as circuit-tracer reads it; no `transcoders`: file discovery."""
+    config: dict[str, Any] = {
+        "model_kind": model_kind,
+        "feature_input_hook": input_hook,
+        "feature_output_hook": output_hook,
+        "scan": scan,
+    }
+    if transcoders is not None:
+        config["transcoders"] = transcoders
+    return config
+
+
 def write_gemmascope(
     hf_home: Path, n_layers: int, d_model: int, width: int, seed: int, target_l0: float
 ) -> None:
@@ -506,13 +514,7 @@ def write_gemmascope(
         uris.append(f"hf://google/gemma-scope-2b-pt-transcoders/{path}")
     CacheRepo(hf_home, "mwhanna/gemma-scope-transcoders").put_yaml(
         "config.yaml",
-        {
-            "model_kind": "transcoder_set",
-            "feature_input_hook": "ln2.hook_normalized",
-            "feature_output_hook": "hook_mlp_out",
-            "scan": "gemma-2-2b",
-            "transcoders": uris,
-        },
+        _config_yaml("transcoder_set", "ln2.hook_normalized", "hook_mlp_out", "gemma-2-2b", uris),
     )
 
 
@@ -521,25 +523,53 @@ def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(fh, **arrays)
 
 
+def _write_layer_files(
+    hf_home: Path,
+    repo_id: str,
+    n_layers: int,
+    d_model: int,
+    width: int,
+    seed: int,
+    target_l0: float,
+    *,
+    jumprelu: bool,
+    scan: str,
+    list_files: bool,
+) -> None:
+    """A per-layer transcoder set in the repository itself: `layer_{i}.safetensors` files.
+
+    Args:
+        list_files: name the files in config.yaml as hf:// URIs; False leaves circuit-tracer
+            to discover them (`layer_*`), so both of its paths are exercised.
+    """
+    repo = CacheRepo(hf_home, repo_id)
+    gen = torch.Generator().manual_seed(seed)
+    names = [f"layer_{layer}.safetensors" for layer in range(n_layers)]
+    for name in names:
+        repo.put_tensors(
+            name, _plt_tensors(d_model, width, gen, target_l0, skip=True, jumprelu=jumprelu)
+        )
+    uris = [f"hf://{repo_id}/{name}" for name in names] if list_files else None
+    repo.put_yaml(
+        "config.yaml", _config_yaml("transcoder_set", "mlp.hook_in", "mlp.hook_out", scan, uris)
+    )
+
+
 def write_llama_transcoders(
     hf_home: Path, n_layers: int, d_model: int, width: int, seed: int, target_l0: float
 ) -> None:
     """`llama` = mntss/transcoder-Llama-3.2-1B: layer_{i}.safetensors found by discovery."""
-    repo = CacheRepo(hf_home, "mntss/transcoder-Llama-3.2-1B")
-    gen = torch.Generator().manual_seed(seed)
-    for layer in range(n_layers):
-        repo.put_tensors(
-            f"layer_{layer}.safetensors",
-            _plt_tensors(d_model, width, gen, target_l0, skip=True, jumprelu=False),
-        )
-    repo.put_yaml(
-        "config.yaml",
-        {
-            "model_kind": "transcoder_set",
-            "feature_input_hook": "mlp.hook_in",
-            "feature_output_hook": "mlp.hook_out",
-            "scan": "llama-3-131k-relu",
-        },
+    _write_layer_files(
+        hf_home,
+        "mntss/transcoder-Llama-3.2-1B",
+        n_layers,
+        d_model,
+        width,
+        seed,
+        target_l0,
+        jumprelu=False,
+        scan="llama-3-131k-relu",
+        list_files=False,
     )
 
 
@@ -547,24 +577,17 @@ def write_qwen_transcoders(
     hf_home: Path, n_layers: int, d_model: int, width: int, seed: int, target_l0: float
 ) -> None:
     """mwhanna/qwen3-4b-transcoders: layer files listed as hf:// URIs of the same repository."""
-    repo = CacheRepo(hf_home, "mwhanna/qwen3-4b-transcoders")
-    gen = torch.Generator().manual_seed(seed)
-    for layer in range(n_layers):
-        repo.put_tensors(
-            f"layer_{layer}.safetensors",
-            _plt_tensors(d_model, width, gen, target_l0, skip=True, jumprelu=True),
-        )
-    repo.put_yaml(
-        "config.yaml",
-        {
-            "model_kind": "transcoder_set",
-            "feature_input_hook": "mlp.hook_in",
-            "feature_output_hook": "mlp.hook_out",
-            "scan": "qwen3-4b",
-            "transcoders": [
-                f"hf://mwhanna/qwen3-4b-transcoders/layer_{i}.safetensors" for i in range(n_layers)
-            ],
-        },
+    _write_layer_files(
+        hf_home,
+        "mwhanna/qwen3-4b-transcoders",
+        n_layers,
+        d_model,
+        width,
+        seed,
+        target_l0,
+        jumprelu=True,
+        scan="qwen3-4b",
+        list_files=True,
     )
 
 
@@ -591,12 +614,7 @@ def write_clt(
         )
     repo.put_yaml(
         "config.yaml",
-        {
-            "model_kind": "cross_layer_transcoder",
-            "feature_input_hook": "hook_resid_mid",
-            "feature_output_hook": "hook_mlp_out",
-            "scan": "gemma-2-2b-clt",
-        },
+        _config_yaml("cross_layer_transcoder", "hook_resid_mid", "hook_mlp_out", "gemma-2-2b-clt"),
     )
 
 
@@ -627,13 +645,7 @@ def write_gemmascope2(
         uris.append(f"hf://google/gemma-scope-2-4b-it/{path}")
     CacheRepo(hf_home, "mwhanna/gemma-scope-2-4b-it").put_yaml(
         f"{GEMMA3_SUBFOLDER}/config.yaml",
-        {
-            "model_kind": "transcoder_set",
-            "feature_input_hook": "mlp.hook_in",
-            "feature_output_hook": "hook_mlp_out",
-            "scan": "gemma-3-4b-it",
-            "transcoders": uris,
-        },
+        _config_yaml("transcoder_set", "mlp.hook_in", "hook_mlp_out", "gemma-3-4b-it", uris),
     )
 
 

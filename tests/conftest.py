@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 
 # Before anything imports huggingface_hub: tests must never touch the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.pop("HF_TOKEN", None)
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,17 @@ import requests
 
 from testkit.live import LiveServer, free_port, start_server
 
-__all__ = ["SECRET", "Api", "LiveServer", "free_port", "graph_body", "start_server"]
+__all__ = [
+    "SECRET",
+    "STEER_FEATURE",
+    "Api",
+    "LiveServer",
+    "free_port",
+    "graph_body",
+    "start_server",
+    "steer_body",
+    "traced_peak",
+]
 
 pytest_plugins = ["tests.s3_server"]
 
@@ -114,6 +125,43 @@ def graph_body(**overrides: Any) -> dict[str, Any]:
         "max_feature_nodes": 200,
         **overrides,
     }
+
+
+# One feature of the demo model, pushed up at the prompt's second position.
+STEER_FEATURE = {
+    "layer": 0,
+    "index": 0,
+    "token_active_position": 1,
+    "steer_position": 1,
+    "delta": 1.0,
+}
+
+
+def steer_body(
+    prompt: str = "The city of Paris is in", features: list | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A small /steer body for the demo model: STEER_FEATURE (a fresh copy) unless `features`."""
+    return {
+        "model_id": "demo",
+        "prompt": prompt,
+        "features": [dict(STEER_FEATURE)] if features is None else features,
+        "n_tokens": 3,
+        **extra,
+    }
+
+
+def traced_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """(result or exception, peak bytes Python allocated while fn ran, in any thread)."""
+    tracemalloc.start()
+    try:
+        try:
+            outcome = fn()
+        except Exception as exc:  # the caller asserts on it
+            outcome = exc
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return outcome, peak
 
 
 class Api:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 
 _S3_ERROR = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -67,26 +68,55 @@ def _record(handler: BaseHTTPRequestHandler, target: Target) -> None:
     target.requests.append(ReceivedRequest(handler.command, handler.path, headers, body))
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A target's request handler: HTTP/1.1 keep-alive as S3 speaks it, no request log."""
+
+    protocol_version = "HTTP/1.1"
+
+    def send_empty(self, status: int = 200) -> None:
+        """Answer `status` with an empty body."""
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # keep test output clean
+        pass
+
+
+T = TypeVar("T", bound=Target)
+
+
 @contextlib.contextmanager
-def _serve(
+def serve(
     handler_cls: type[BaseHTTPRequestHandler],
+    target: T,
+    path: str = "",
     server_cls: type[ThreadingHTTPServer] = ThreadingHTTPServer,
-) -> Iterator[ThreadingHTTPServer]:
+    url_base: str = "http://127.0.0.1",
+) -> Iterator[T]:
+    """Serve `handler_cls` on a free loopback port until the block ends.
+
+    Args:
+        handler_cls: the request handler.
+        target: what the caller gets back; its `url` is set to `path` on the new server.
+        path: the URL path to point at.
+        server_cls: the server class (to tune its socket or wrap it in TLS).
+        url_base: scheme and host of `url` (the port is the server's).
+
+    Yields:
+        `target`, with its url set.
+    """
     server = server_cls(("127.0.0.1", 0), handler_cls)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
+    target.url = f"{url_base}:{server.server_address[1]}{path}"
     try:
-        yield server
+        yield target
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-def _url(server: ThreadingHTTPServer, path: str) -> str:
-    host, port = server.server_address[:2]
-    return f"http://{host}:{port}{path}"
 
 
 @contextlib.contextmanager
@@ -102,9 +132,7 @@ def flaky_target(
     lock = threading.Lock()
     target = Target(url="")
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(QuietHandler):
         def do_PUT(self) -> None:
             _record(self, target)
             with lock:
@@ -125,11 +153,7 @@ def flaky_target(
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: object) -> None:  # keep test output clean
-            pass
-
-    with _serve(Handler) as server:
-        target.url = _url(server, path)
+    with serve(Handler, target, path):
         yield target
 
 
@@ -139,19 +163,13 @@ def hanging_target(path: str = "/bucket/graph.json") -> Iterator[Target]:
     closed = threading.Event()
     target = Target(url="")
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(QuietHandler):
         def do_PUT(self) -> None:
             _record(self, target)
             closed.wait()
             self.close_connection = True
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    with _serve(Handler) as server:
-        target.url = _url(server, path)
+    with serve(Handler, target, path):
         try:
             yield target
         finally:
@@ -168,9 +186,7 @@ def slow_reader_target(bytes_per_second: int, path: str = "/bucket/graph.json") 
     block = 16 * 1024
     target = Target(url="")
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(QuietHandler):
         def do_PUT(self) -> None:
             remaining = int(self.headers.get("Content-Length", "0"))
             parts = []
@@ -183,12 +199,7 @@ def slow_reader_target(bytes_per_second: int, path: str = "/bucket/graph.json") 
                 time.sleep(len(chunk) / bytes_per_second)
             headers = {name.lower(): value for name, value in self.headers.items()}
             target.requests.append(ReceivedRequest("PUT", self.path, headers, b"".join(parts)))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+            self.send_empty(200)
 
     class Server(ThreadingHTTPServer):
         def server_bind(self) -> None:
@@ -196,8 +207,7 @@ def slow_reader_target(bytes_per_second: int, path: str = "/bucket/graph.json") 
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, block)
             super().server_bind()
 
-    with _serve(Handler, server_cls=Server) as server:
-        target.url = _url(server, path)
+    with serve(Handler, target, path, server_cls=Server):
         yield target
 
 
@@ -237,9 +247,7 @@ def gated_target(path: str = "/bucket/graph.json") -> Iterator[GatedTarget]:
     target = GatedTarget(url="")
     closed = threading.Event()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(QuietHandler):
         def do_PUT(self) -> None:
             _record(self, target)
             target.arrived.release()
@@ -248,15 +256,9 @@ def gated_target(path: str = "/bucket/graph.json") -> Iterator[GatedTarget]:
             if not target._gate.is_set():
                 self.close_connection = True  # closed without an answer: drop the connection
                 return
-            self.send_response(target._status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.send_empty(target._status)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    with _serve(Handler) as server:
-        target.url = _url(server, path)
+    with serve(Handler, target, path):
         try:
             yield target
         finally:
@@ -281,9 +283,7 @@ def big_reply_target(
     prefix = b"<?xml version='1.0'?><Error><Code>HugeReply</Code><Message>"
     block = b"x" * (1 << 20)
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(QuietHandler):
         def do_PUT(self) -> None:
             _record(self, target)
             self.send_response(status)
@@ -304,11 +304,7 @@ def big_reply_target(
                 pass  # the client stopped reading and closed the connection
             self.close_connection = True
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    with _serve(Handler) as server:
-        target.url = _url(server, path)
+    with serve(Handler, target, path):
         yield target
 
 
@@ -319,9 +315,7 @@ def error_document_target(
     """Answer every PUT with `status`, the reason phrase `reason` and `document` as the body."""
     target = Target(url="")
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(QuietHandler):
         def do_PUT(self) -> None:
             _record(self, target)
             self.send_response(status, reason)
@@ -330,11 +324,7 @@ def error_document_target(
             self.end_headers()
             self.wfile.write(document)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    with _serve(Handler) as server:
-        target.url = _url(server, path)
+    with serve(Handler, target, path):
         yield target
 
 
@@ -355,24 +345,15 @@ def tls_target(
     target = TlsTarget(url="")
     context.sni_callback = lambda _sock, name, _ctx: target.server_names.append(name)
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(QuietHandler):
         def do_PUT(self) -> None:
             _record(self, target)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+            self.send_empty(200)
 
     class Server(ThreadingHTTPServer):
         def get_request(self) -> tuple[socket.socket, object]:
             sock, addr = super().get_request()
             return context.wrap_socket(sock, server_side=True), addr
 
-    with _serve(Handler, server_cls=Server) as server:
-        port = server.server_address[1]
-        target.url = f"https://{host}:{port}{path}"
+    with serve(Handler, target, path, server_cls=Server, url_base=f"https://{host}"):
         yield target

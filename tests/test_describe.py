@@ -40,128 +40,48 @@ GEMMA3_URLS = [
 ]
 LLAMA_URLS = ["https://huggingface.co/mntss/transcoder-Llama-3.2-1B"]
 
+
+def _fields(
+    transcoder_set: str,
+    ref: str,
+    scan: str,
+    urls: list[str],
+    source_set: str | None,
+    neuronpedia_id: str | None = None,
+) -> dict:
+    """The fields describe must print; the Neuronpedia id is the scan unless given."""
+    return dict(
+        transcoder_set=transcoder_set,
+        transcoder_ref=ref,
+        scan=scan,
+        neuronpedia_id=neuronpedia_id or scan,
+        source_urls=urls,
+        neuronpedia_source_set=source_set,
+    )
+
+
+GEMMA_REF = "mwhanna/gemma-scope-transcoders"
+CLT_REF = "mntss/clt-gemma-2-2b-2.5M"
+QWEN_REF = "mwhanna/qwen3-4b-transcoders"
+GEMMA = _fields("gemma", GEMMA_REF, "gemma-2-2b", GEMMA_URLS, "gemmascope-transcoder-16k")
+LLAMA = _fields(
+    "llama", "mntss/transcoder-Llama-3.2-1B", "llama-3-131k-relu", LLAMA_URLS, None, "llama-3.2-1b"
+)
+QWEN = _fields(QWEN_REF, QWEN_REF, "qwen3-4b", QWEN_URLS, "transcoder-hp")
+GEMMA3 = _fields(GEMMA3_SET, GEMMA3_SET, "gemma-3-4b-it", GEMMA3_URLS, "gemmascope-transcoder-262k")
+
 # model, explicit set (None: the default) -> the fields describe must print.
 ROWS = [
-    (
-        "google/gemma-2-2b",
-        None,
-        dict(
-            transcoder_set="gemma",
-            transcoder_ref="mwhanna/gemma-scope-transcoders",
-            scan="gemma-2-2b",
-            neuronpedia_id="gemma-2-2b",
-            source_urls=GEMMA_URLS,
-            neuronpedia_source_set="gemmascope-transcoder-16k",
-        ),
-    ),
-    (
-        "google/gemma-2-2b",
-        "gemma",
-        dict(
-            transcoder_set="gemma",
-            transcoder_ref="mwhanna/gemma-scope-transcoders",
-            scan="gemma-2-2b",
-            neuronpedia_id="gemma-2-2b",
-            source_urls=GEMMA_URLS,
-            neuronpedia_source_set="gemmascope-transcoder-16k",
-        ),
-    ),
-    (
-        "google/gemma-2-2b",
-        "mwhanna/gemma-scope-transcoders",
-        dict(
-            transcoder_set="mwhanna/gemma-scope-transcoders",
-            transcoder_ref="mwhanna/gemma-scope-transcoders",
-            scan="gemma-2-2b",
-            neuronpedia_id="gemma-2-2b",
-            source_urls=GEMMA_URLS,
-            neuronpedia_source_set="gemmascope-transcoder-16k",
-        ),
-    ),
-    (
-        "google/gemma-2-2b",
-        "mntss/clt-gemma-2-2b-2.5M",
-        dict(
-            transcoder_set="mntss/clt-gemma-2-2b-2.5M",
-            transcoder_ref="mntss/clt-gemma-2-2b-2.5M",
-            scan="gemma-2-2b",
-            neuronpedia_id="gemma-2-2b",
-            source_urls=CLT_URLS,
-            neuronpedia_source_set="clt-hp",
-        ),
-    ),
-    (
-        "meta-llama/Llama-3.2-1B",
-        None,
-        dict(
-            transcoder_set="llama",
-            transcoder_ref="mntss/transcoder-Llama-3.2-1B",
-            scan="llama-3-131k-relu",
-            neuronpedia_id="llama-3.2-1b",
-            source_urls=LLAMA_URLS,
-            neuronpedia_source_set=None,
-        ),
-    ),
-    (
-        "meta-llama/Llama-3.2-1B",
-        "llama",
-        dict(
-            transcoder_set="llama",
-            transcoder_ref="mntss/transcoder-Llama-3.2-1B",
-            scan="llama-3-131k-relu",
-            neuronpedia_id="llama-3.2-1b",
-            source_urls=LLAMA_URLS,
-            neuronpedia_source_set=None,
-        ),
-    ),
-    (
-        "Qwen/Qwen3-4B",
-        None,
-        dict(
-            transcoder_set="mwhanna/qwen3-4b-transcoders",
-            transcoder_ref="mwhanna/qwen3-4b-transcoders",
-            scan="qwen3-4b",
-            neuronpedia_id="qwen3-4b",
-            source_urls=QWEN_URLS,
-            neuronpedia_source_set="transcoder-hp",
-        ),
-    ),
-    (
-        "Qwen/Qwen3-4B",
-        "hf://mwhanna/qwen3-4b-transcoders",
-        dict(
-            transcoder_set="hf://mwhanna/qwen3-4b-transcoders",
-            transcoder_ref="mwhanna/qwen3-4b-transcoders",
-            scan="qwen3-4b",
-            neuronpedia_id="qwen3-4b",
-            source_urls=QWEN_URLS,
-            neuronpedia_source_set="transcoder-hp",
-        ),
-    ),
-    (
-        "google/gemma-3-4b-it",
-        None,
-        dict(
-            transcoder_set=GEMMA3_SET,
-            transcoder_ref=GEMMA3_SET,
-            scan="gemma-3-4b-it",
-            neuronpedia_id="gemma-3-4b-it",
-            source_urls=GEMMA3_URLS,
-            neuronpedia_source_set="gemmascope-transcoder-262k",
-        ),
-    ),
-    (
-        "google/gemma-3-4b-it",
-        GEMMA3_SET,
-        dict(
-            transcoder_set=GEMMA3_SET,
-            transcoder_ref=GEMMA3_SET,
-            scan="gemma-3-4b-it",
-            neuronpedia_id="gemma-3-4b-it",
-            source_urls=GEMMA3_URLS,
-            neuronpedia_source_set="gemmascope-transcoder-262k",
-        ),
-    ),
+    ("google/gemma-2-2b", None, GEMMA),
+    ("google/gemma-2-2b", "gemma", GEMMA),
+    ("google/gemma-2-2b", GEMMA_REF, {**GEMMA, "transcoder_set": GEMMA_REF}),
+    ("google/gemma-2-2b", CLT_REF, _fields(CLT_REF, CLT_REF, "gemma-2-2b", CLT_URLS, "clt-hp")),
+    ("meta-llama/Llama-3.2-1B", None, LLAMA),
+    ("meta-llama/Llama-3.2-1B", "llama", LLAMA),
+    ("Qwen/Qwen3-4B", None, QWEN),
+    ("Qwen/Qwen3-4B", f"hf://{QWEN_REF}", {**QWEN, "transcoder_set": f"hf://{QWEN_REF}"}),
+    ("google/gemma-3-4b-it", None, GEMMA3),
+    ("google/gemma-3-4b-it", GEMMA3_SET, GEMMA3),
 ]
 
 

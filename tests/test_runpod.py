@@ -25,20 +25,21 @@ import orjson
 import pytest
 import requests
 
-from testkit.live import start_process, wait_until_ready
-from tests.conftest import LOCAL_UPLOAD_HOSTS, REPO, SECRET, LiveServer, free_port
+from testkit.live import start_process, stop, wait_until_ready
+from tests.conftest import (
+    LOCAL_UPLOAD_HOSTS,
+    REPO,
+    SECRET,
+    LiveServer,
+    free_port,
+    graph_body,
+    steer_body,
+)
 from tests.fault_targets import closed_port_url
 
 HANDLER_PATH = REPO / "runpod" / "handler.py"
 AUTH = {"x-secret-key": SECRET}
 PROMPT = "The city of Paris is in"
-STEER_FEATURE = {
-    "layer": 0,
-    "index": 0,
-    "token_active_position": 1,
-    "steer_position": 1,
-    "delta": 1.0,
-}
 
 
 def load_handler_module() -> ModuleType:
@@ -59,23 +60,6 @@ def worker() -> ModuleType:
 @pytest.fixture(scope="module")
 def handler(worker, service):
     return worker.make_handler(service)
-
-
-def graph_input(**overrides: Any) -> dict[str, Any]:
-    body = {
-        "prompt": PROMPT,
-        "model_id": "demo",
-        "slug_identifier": "runpod-test",
-        "max_feature_nodes": 200,
-    }
-    body.update(overrides)
-    return body
-
-
-def steer_input(**overrides: Any) -> dict[str, Any]:
-    body = {"model_id": "demo", "prompt": PROMPT, "features": [STEER_FEATURE], "n_tokens": 3}
-    body.update(overrides)
-    return body
 
 
 def job(**job_input: Any) -> dict[str, Any]:
@@ -106,16 +90,16 @@ def test_importing_the_handler_loads_no_model(worker):
 
 
 def test_graph_job_returns_the_same_document_as_http(handler, client, graph_schema):
-    output = handler(job(request_type="graph", **graph_input()))
+    output = handler(job(request_type="graph", **graph_body()))
     assert "error" not in output
     jsonschema.validate(output, graph_schema)
-    res = client.post("/generate-graph", json=graph_input(), headers=AUTH)
+    res = client.post("/generate-graph", json=graph_body(), headers=AUTH)
     assert res.status_code == 200
     assert without_create_time(output) == without_create_time(orjson.loads(res.data))
 
 
 def test_request_type_defaults_to_graph(handler):
-    output = handler(job(**graph_input(slug_identifier="default-type")))
+    output = handler(job(**graph_body(slug_identifier="default-type")))
     assert output["metadata"]["slug"] == "default-type"
     assert output["nodes"] and output["links"]
 
@@ -125,7 +109,7 @@ def test_graph_upload_job_puts_the_graph_in_s3(handler, s3):
     url = s3.presign_put(key, content_encoding="gzip")
     output = handler(
         job(
-            **graph_input(slug_identifier="uploaded", signed_url=url, compress=True),
+            **graph_body(slug_identifier="uploaded", signed_url=url, compress=True),
             deadline=now_ms() + 60_000,
         )
     )
@@ -154,9 +138,9 @@ def test_forward_pass_job_matches_http(handler, client):
 
 
 def test_steer_job_matches_http(handler, client):
-    output = handler(job(request_type="steer", **steer_input()))
+    output = handler(job(request_type="steer", **steer_body()))
     assert "error" not in output, output
-    res = client.post("/steer", json=steer_input(), headers=AUTH)
+    res = client.post("/steer", json=steer_body(), headers=AUTH)
     assert res.status_code == 200, res.get_json()
     assert output == res.get_json()  # temperature 0: greedy, so both runs agree
     assert output["STEERED_GENERATION"]
@@ -166,13 +150,13 @@ def test_steer_job_matches_http(handler, client):
 @pytest.mark.parametrize(
     ("request_type", "path", "body"),
     [
-        ("graph", "/generate-graph", graph_input(batch_size=0)),
-        ("graph", "/generate-graph", graph_input(slug_identifier="bad slug!", compress="yes")),
-        ("graph", "/generate-graph", graph_input(max_feature_nodes=10**6)),
+        ("graph", "/generate-graph", graph_body(batch_size=0)),
+        ("graph", "/generate-graph", graph_body(slug_identifier="bad slug!", compress="yes")),
+        ("graph", "/generate-graph", graph_body(max_feature_nodes=10**6)),
         ("forward-pass", "/forward-pass", {"prompt": PROMPT, "max_n_logits": 51}),
         ("forward-pass", "/forward-pass", {"prompt": "x " * 2100}),
-        ("steer", "/steer", steer_input(features="not a list")),
-        ("graph", "/generate-graph", graph_input(model_id="google/gemma-2-2b")),
+        ("steer", "/steer", steer_body(features="not a list")),
+        ("graph", "/generate-graph", graph_body(model_id="google/gemma-2-2b")),
         ("forward-pass", "/forward-pass", {"prompt": PROMPT, "model_id": "gpt2"}),
     ],
 )
@@ -186,7 +170,7 @@ def test_invalid_jobs_fail_with_the_http_message(handler, client, request_type, 
 
 
 def test_model_not_available_names_the_loaded_model(handler):
-    output = handler(job(**graph_input(model_id="google/gemma-2-2b")))
+    output = handler(job(**graph_body(model_id="google/gemma-2-2b")))
     message = assert_failed(output, 400)
     assert message == (
         "Model 'google/gemma-2-2b' is not available. Only 'demo' is currently loaded."
@@ -228,7 +212,7 @@ def test_job_without_input_fails(handler):
 
 @pytest.mark.parametrize("deadline", ["soon", True, -1, float("nan")])
 def test_malformed_deadline_fails(handler, deadline):
-    output = handler(job(**graph_input(), deadline=deadline))
+    output = handler(job(**graph_body(), deadline=deadline))
     assert assert_failed(output, 422).startswith("Invalid request: deadline: ")
 
 
@@ -236,7 +220,7 @@ def test_expired_deadline_refuses_the_work(handler, s3):
     key = "runpod/expired.json"
     url = s3.presign_put(key)
     deadline = now_ms() - 5_000
-    output = handler(job(**graph_input(signed_url=url), deadline=deadline))
+    output = handler(job(**graph_body(signed_url=url), deadline=deadline))
     message = assert_failed(output, 408)
     assert message.startswith("Job deadline passed ") and "was not run" in message
     assert output["deadline"] == deadline
@@ -251,7 +235,7 @@ def test_deadline_in_seconds_gets_a_hint(handler):
 
 def test_upload_failure_fails_the_job_and_keeps_the_graph(handler, demo_settings):
     url = closed_port_url() + "?X-Amz-Signature=do-not-leak"
-    output = handler(job(**graph_input(slug_identifier="spooled", signed_url=url)))
+    output = handler(job(**graph_body(slug_identifier="spooled", signed_url=url)))
     message = assert_failed(output, 502)
     assert message.startswith("Failed to upload graph: ")
     assert "do-not-leak" not in orjson.dumps(output).decode()
@@ -261,7 +245,7 @@ def test_upload_failure_fails_the_job_and_keeps_the_graph(handler, demo_settings
 
 def test_graph_too_large_for_a_job_output_fails(worker, service):
     small = worker.make_handler(service, max_output_bytes=1_000)
-    message = assert_failed(small(job(**graph_input())), 413)
+    message = assert_failed(small(job(**graph_body())), 413)
     assert "send signed_url" in message
 
 
@@ -358,13 +342,7 @@ def docs_ready(base: str) -> bool:
 def stop_process_group(proc: subprocess.Popen) -> None:
     """SIGTERM the worker, then make sure nothing it started is left in its process group."""
     pgid = proc.pid  # start_new_session made the worker its group's leader
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop(proc, timeout=15)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
@@ -382,7 +360,7 @@ def test_local_api_graph_upload(local_api, s3):
     key = "runpod/local-api.json"
     url = s3.presign_put(key, content_encoding="gzip")
     result = runsync(
-        local_api, graph_input(slug_identifier="local-api", signed_url=url, compress=True)
+        local_api, graph_body(slug_identifier="local-api", signed_url=url, compress=True)
     )
     assert result["status"] == "COMPLETED", result
     assert result["id"].startswith("test-")
@@ -402,13 +380,13 @@ def test_local_api_forward_pass_and_steer(local_api, handler):
     assert result["status"] == "COMPLETED", result
     assert result["output"] == handler(job(**body))
 
-    result = runsync(local_api, {"request_type": "steer", **steer_input()})
+    result = runsync(local_api, {"request_type": "steer", **steer_body()})
     assert result["status"] == "COMPLETED", result
-    assert result["output"] == handler(job(request_type="steer", **steer_input()))
+    assert result["output"] == handler(job(request_type="steer", **steer_body()))
 
 
 def test_local_api_reports_an_invalid_job_as_failed(local_api, handler):
-    body = graph_input(
+    body = graph_body(
         batch_size=0, signed_url="https://example.invalid/x?X-Amz-Signature=do-not-leak"
     )
     result = runsync(local_api, body)

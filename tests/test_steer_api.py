@@ -13,36 +13,10 @@ import orjson
 import pytest
 
 from neuronpedia_graph import demo
+from tests.conftest import STEER_FEATURE, steer_body
 
 PARIS = "The city of Paris is in"
 ROME = "The city of Rome is in"
-
-
-STEER_FEATURE = {
-    "layer": 0,
-    "index": 0,
-    "token_active_position": 1,
-    "steer_position": 1,
-    "delta": 1.0,
-}
-
-
-def steer_body(prompt=PARIS, features=None, **extra):
-    feature = {
-        "layer": 0,
-        "index": 0,
-        "token_active_position": 1,
-        "steer_position": 1,
-        "delta": 1.0,
-    }
-    body = {
-        "model_id": "demo",
-        "prompt": prompt,
-        "features": [feature] if features is None else features,
-        "n_tokens": 3,
-    }
-    body.update(extra)
-    return body
 
 
 def prob_of(entry: dict, token: str) -> float:

@@ -26,6 +26,7 @@ from neuronpedia_graph.upload import (
     spool_graph,
 )
 from neuronpedia_graph.upload_guard import UploadGuard
+from tests.conftest import traced_peak
 from tests.fault_targets import (
     big_reply_target,
     closed_port_url,
@@ -245,7 +246,7 @@ HUGE = 200 * 1000 * 1000  # the 200 MB reply of issue 11, finding 8
 @pytest.mark.parametrize("status", [200, 403, 500])
 def test_a_200_mb_reply_is_never_read_whole(status: int) -> None:
     with big_reply_target(HUGE, status) as target:
-        outcome, peak = _traced_peak(lambda: put(target.url, GRAPH, compressed=False, policy=FAST))
+        outcome, peak = traced_peak(lambda: put(target.url, GRAPH, compressed=False, policy=FAST))
 
     assert peak < 4 << 20, f"{peak} bytes allocated for a {HUGE}-byte reply"
     assert target.bytes_sent < HUGE  # it stopped writing because the upload hung up
@@ -255,20 +256,6 @@ def test_a_200_mb_reply_is_never_read_whole(status: int) -> None:
         assert isinstance(outcome, UploadError)
         assert (outcome.status, outcome.code) == (status, "HugeReply")  # found in the first 64 KiB
         assert outcome.attempts == (FAST.retries + 1 if status == 500 else 1)  # each read 64 KiB
-
-
-def _traced_peak(fn):
-    """(result or exception, peak bytes Python allocated while fn ran, in any thread)."""
-    tracemalloc.start()
-    try:
-        try:
-            outcome = fn()
-        except Exception as exc:  # the caller asserts on it
-            outcome = exc
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return outcome, peak
 
 
 def test_reply_limit_is_64_kib() -> None:

@@ -10,11 +10,11 @@ internal targets, in every written form, are 422 before any work.
 from __future__ import annotations
 
 import logging
-import tracemalloc
 
 import orjson
 import pytest
 
+from tests.conftest import graph_body, traced_peak
 from tests.fault_targets import (
     big_reply_target,
     closed_port_url,
@@ -58,26 +58,6 @@ INTERNAL_URLS = [
     "http://100.64.0.1/",
     "http://localhost/",  # resolved for real: loopback
 ]
-
-
-def graph_body(**overrides):
-    body = {"prompt": "The city of Paris is in", "model_id": "demo", "slug_identifier": "replies"}
-    body.update(overrides, max_feature_nodes=200)
-    return body
-
-
-def traced_peak(fn):
-    """(result or exception, peak bytes Python allocated while fn ran, all threads)."""
-    tracemalloc.start()
-    try:
-        try:
-            outcome = fn()
-        except Exception as exc:  # the caller asserts on it
-            outcome = exc
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return outcome, peak
 
 
 # --- finding 8: a huge reply costs nothing -------------------------------------------------

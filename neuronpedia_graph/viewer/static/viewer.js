@@ -242,35 +242,43 @@
       .filter((p) => p.name);
   }
 
+  // The form submissions share this: build the request (a bad field is a message), make sure a
+  // secret is known, then POST with the button disabled and a ticking "<label>… N s" status.
+  // Returns null when nothing was sent (the status says why), else { request, result, started }.
+  async function submit(status, buttonId, label, path, buildRequest) {
+    let request;
+    try {
+      request = buildRequest();
+    } catch (err) {
+      setStatus(status, "error", err.message);
+      return null;
+    }
+    if (!(await ensureSecret())) {
+      setStatus(status, "error", NO_SECRET);
+      return null;
+    }
+    const button = $(buttonId);
+    button.disabled = true;
+    const started = performance.now();
+    const tick = () => setStatus(status, "progress", `${label}… ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    tick();
+    const timer = setInterval(tick, 100);
+    try {
+      return { request, result: await postJSON(path, request), started };
+    } finally {
+      clearInterval(timer);
+      button.disabled = false;
+    }
+  }
+
   async function generate(event) {
     event.preventDefault();
     const status = $("status");
     const timings = $("timings");
     timings.replaceChildren();
-    let request;
-    try {
-      request = graphRequest();
-    } catch (err) {
-      setStatus(status, "error", err.message);
-      return;
-    }
-    if (!(await ensureSecret())) {
-      setStatus(status, "error", NO_SECRET);
-      return;
-    }
-    const button = $("generate");
-    button.disabled = true;
-    const started = performance.now();
-    const tick = () => setStatus(status, "progress", `Generating… ${((performance.now() - started) / 1000).toFixed(1)} s`);
-    tick();
-    const timer = setInterval(tick, 100);
-    let result;
-    try {
-      result = await postJSON("/generate-graph", request);
-    } finally {
-      clearInterval(timer);
-      button.disabled = false;
-    }
+    const sent = await submit(status, "generate", "Generating", "/generate-graph", graphRequest);
+    if (!sent) return;
+    const { request, result, started } = sent;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     if (!result.ok) {
       setStatus(status, "error", result.message);
@@ -871,30 +879,9 @@
   async function steer(event) {
     event.preventDefault();
     const status = $("steer-status");
-    let request;
-    try {
-      request = steerRequest();
-    } catch (err) {
-      setStatus(status, "error", err.message);
-      return;
-    }
-    if (!(await ensureSecret())) {
-      setStatus(status, "error", NO_SECRET);
-      return;
-    }
-    const button = $("steer-run");
-    button.disabled = true;
-    const started = performance.now();
-    const tick = () => setStatus(status, "progress", `Steering… ${((performance.now() - started) / 1000).toFixed(1)} s`);
-    tick();
-    const timer = setInterval(tick, 100);
-    let result;
-    try {
-      result = await postJSON("/steer", request);
-    } finally {
-      clearInterval(timer);
-      button.disabled = false;
-    }
+    const sent = await submit(status, "steer-run", "Steering", "/steer", steerRequest);
+    if (!sent) return;
+    const { request, result, started } = sent;
     if (!result.ok) {
       setStatus(status, "error", result.message);
       $("steer-result").hidden = true;
