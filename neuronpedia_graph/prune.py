@@ -29,7 +29,7 @@ How, and why the result is the same bit for bit (on CPU, the platform tests run 
     once, and each term is one `vector @ block` product. MKL sums each output column over all N
     rows in a fixed order on one thread; circuit-tracer's full-width product gets that same
     order, and a block cut on 64-column boundaries keeps every column's treatment, so every term
-    and their float32 sum are circuit-tracer's, bit for bit (`_one_thread`). A graph that
+    and their float32 sum are circuit-tracer's, bit for bit (see `_Lean`). A graph that
     is not layered this way falls back to the plain series, block by block.
   - The edge threshold: along the descending sort, circuit-tracer's cumulative fraction only
     grows, so the value it returns is the largest score u for which the prefix ending with u's
@@ -53,7 +53,7 @@ the full-matrix calls, so there the result agrees up to float32 rounding.
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import accumulate
 from typing import TYPE_CHECKING
@@ -64,6 +64,8 @@ import torch
 if TYPE_CHECKING:
     from circuit_tracer.graph import Graph, PruneResult
 
+# Graphs whose adjacency is at most this big take circuit-tracer's dense route (see _Lean).
+_DENSE_BYTES = 16 << 20
 # Matrix cells per working block (4 MiB of float32): small next to any adjacency worth pruning
 # lean, large enough that per-call overhead stays small.
 _BLOCK_CELLS = 1 << 20
@@ -109,8 +111,7 @@ def prune_graph(
         raise ValueError("node_threshold must be between 0.0 and 1.0")
     if edge_threshold > 1.0 or edge_threshold < 0.0:
         raise ValueError("edge_threshold must be between 0.0 and 1.0")
-    with _one_thread(graph.adjacency_matrix.device):
-        return _prune(graph, node_threshold, edge_threshold)
+    return _prune(graph, node_threshold, edge_threshold)
 
 
 def _prune(graph: Graph, node_threshold: float, edge_threshold: float) -> PruneResult:
@@ -122,29 +123,35 @@ def _prune(graph: Graph, node_threshold: float, edge_threshold: float) -> PruneR
     n_logits = len(graph.logit_targets)
     n_features = len(graph.selected_features)
     device = adjacency.device
+    # Small graphs: circuit-tracer's full-width products, on the caller's threads (see _Lean).
+    lean = _Lean(device, dense=n * n * adjacency.element_size() <= _DENSE_BYTES)
 
     logit_weights = torch.zeros(n, device=device)
     logit_weights[-n_logits:] = graph.logit_probabilities
-    levels = _node_levels(graph, n, device)
-
-    row_sums, layered = _row_sums(adjacency, None, levels)
-    level_runs = _level_runs(levels) if layered else None
-    node_influence = _influence(adjacency, row_sums, logit_weights, level_runs, None)
+    with lean:
+        levels = None if lean.dense else _node_levels(graph, n, device)
+        row_sums, layered = _row_sums(adjacency, None, levels)
+        level_runs = _level_runs(levels) if layered else None
+        node_influence = _influence(adjacency, row_sums, logit_weights, lean, level_runs, None)
     node_mask = node_influence >= _find_threshold(node_influence, node_threshold)
     node_mask[-n_logits - n_tokens :] = True
 
-    row_sums, _ = _row_sums(adjacency, node_mask, None)
-    pruned_influence = _influence(adjacency, row_sums, logit_weights, level_runs, node_mask)
-    pruned_influence += logit_weights
-    scores = _EdgeScores(adjacency, node_mask, row_sums, pruned_influence)
-    del row_sums
-    edge_mask, out_count, in_count = scores.mask(_edge_cutoff(scores, edge_threshold))
-
-    needs_out = torch.zeros(n, dtype=torch.bool, device=device)
-    needs_out[: -n_logits - n_tokens] = True
-    needs_in = torch.zeros(n, dtype=torch.bool, device=device)
-    needs_in[:n_features] = True
-    _drop_dangling(edge_mask, node_mask, out_count, in_count, needs_out, needs_in)
+    with lean:
+        row_sums, _ = _row_sums(adjacency, node_mask, None)
+        pruned_influence = _influence(
+            adjacency, row_sums, logit_weights, lean, level_runs, node_mask
+        )
+        pruned_influence += logit_weights
+        scores = _EdgeScores(adjacency, node_mask, row_sums, pruned_influence)
+        del row_sums
+    cutoff = _edge_cutoff(scores, edge_threshold, lean)
+    with lean:
+        edge_mask, out_count, in_count = scores.mask(cutoff)
+        needs_out = torch.zeros(n, dtype=torch.bool, device=device)
+        needs_out[: -n_logits - n_tokens] = True
+        needs_in = torch.zeros(n, dtype=torch.bool, device=device)
+        needs_in[:n_features] = True
+        _drop_dangling(edge_mask, node_mask, out_count, in_count, needs_out, needs_in)
 
     sorted_scores, sorted_indices = torch.sort(node_influence, descending=True)
     cumulative_scores = torch.cumsum(sorted_scores, dim=0) / torch.sum(sorted_scores)
@@ -162,27 +169,49 @@ def _find_threshold(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     return sorted_scores[min(index, len(cumulative) - 1)]
 
 
-@contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """Run on one CPU thread: MKL's products for circuit-tracer's bits, the rest for speed.
+class _Lean:
+    """Where the block-wise passes run: on one CPU thread, for circuit-tracer's bits and speed.
 
     MKL sums each output of `vector @ matrix` over the rows in one fixed order on one thread,
-    and circuit-tracer's full-width product (thousands of columns) gets that order whatever
-    the thread count; on a narrow block of columns several threads split the rows instead,
-    which changes the last bits. Switching torch's thread count costs about a millisecond
-    whenever work runs in between, so the whole prune runs on one thread rather than each
-    product: its other steps are passes over blocks of a few MiB, where intra-op threads gain
-    little and, on a busy machine, lose much to waiting for each other. torch applies the
-    setting to the calling thread's MKL and OpenMP; it is restored on exit."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    and circuit-tracer's product on a large matrix (from about a thousand columns on two
+    threads) gets that same order; on a narrow block of columns several threads split the rows
+    instead, which changes the last bits. So the lean passes run on one thread (switching costs
+    about a millisecond whenever work runs in between, too much per block, and the other
+    passes work on blocks of a few MiB, where intra-op threads gain little and, on a busy
+    machine, lose much to waiting for each other). The steps that are circuit-tracer's own
+    torch calls (node thresholds, sums and sorts whose order can follow the thread count) run
+    outside, on the caller's threads, as there.
+
+    Small graphs (`dense`) skip all that: circuit-tracer's full-width products on its own
+    thread count, since on a small matrix MKL may split the rows between threads itself; the
+    memory saving would be a few MiB. Off CPU nothing changes threads."""
+
+    def __init__(self, device: torch.device, dense: bool) -> None:
+        self.dense = dense
+        self.active = device.type == "cpu" and not dense
+        self.threads = 0
+
+    def __enter__(self) -> _Lean:
+        if self.active:
+            self.threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            torch.set_num_threads(self.threads)
+
+    @contextmanager
+    def caller_threads(self) -> Iterator[None]:
+        """Inside the lean scope, run a circuit-tracer call on the caller's threads."""
+        if not self.active or torch.get_num_threads() == self.threads:
+            yield
+            return
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(1)
 
 
 def _node_levels(graph: Graph, n: int, device: torch.device) -> torch.Tensor | None:
@@ -319,15 +348,50 @@ def _influence(
     adjacency: torch.Tensor,
     row_sums: torch.Tensor,
     logit_weights: torch.Tensor,
+    lean: _Lean,
     level_runs: list[list[tuple[int, int]]] | None,
     keep: torch.Tensor | None,
 ) -> torch.Tensor:
     """circuit-tracer's `compute_influence(normalize_matrix(M), logit_weights)`, bit for bit,
-    without materializing the normalized matrix (M as in `_row_sums`)."""
+    without materializing the normalized matrix unless the graph is small (M as in
+    `_row_sums`)."""
+    if lean.dense:
+        with lean.caller_threads():
+            return _influence_dense(adjacency, logit_weights, keep)
     normalized = _Normalized(adjacency, row_sums, keep)
     if level_runs is not None:
         return _influence_by_levels(normalized, logit_weights, level_runs, keep)
     return _influence_by_series(normalized, logit_weights, keep)
+
+
+def _influence_dense(
+    adjacency: torch.Tensor, logit_weights: torch.Tensor, keep: torch.Tensor | None
+) -> torch.Tensor:
+    """The series on the materialized normalized matrix, circuit-tracer's calls as they are."""
+    matrix = adjacency.abs()
+    if keep is not None:
+        matrix[~keep] = 0
+        matrix[:, ~keep] = 0
+    matrix = matrix / matrix.sum(dim=1, keepdim=True).clamp(min=_CLAMP_MIN)
+    return _series(lambda vector: vector @ matrix, logit_weights)
+
+
+def _series(
+    times_normalized: Callable[[torch.Tensor], torch.Tensor], logit_weights: torch.Tensor
+) -> torch.Tensor:
+    """w·Â + w·Â² + … until a term is exactly zero, summed in circuit-tracer's order."""
+    current = times_normalized(logit_weights)
+    influence = current.clone()
+    iterations = 0
+    while current.any():
+        if iterations >= _MAX_ITER:
+            raise RuntimeError(
+                f"Influence computation failed to converge after {iterations} iterations"
+            )
+        current = times_normalized(current)
+        influence += current
+        iterations += 1
+    return influence
 
 
 def _influence_by_levels(
@@ -393,18 +457,7 @@ def _influence_by_series(
             out.masked_fill_(drop, 0)
         return out
 
-    current = times_normalized(logit_weights)
-    influence = current.clone()
-    iterations = 0
-    while current.any():
-        if iterations >= _MAX_ITER:
-            raise RuntimeError(
-                f"Influence computation failed to converge after {iterations} iterations"
-            )
-        current = times_normalized(current)
-        influence += current
-        iterations += 1
-    return influence
+    return _series(times_normalized, logit_weights)
 
 
 class _EdgeScores:
@@ -471,18 +524,20 @@ class _EdgeScores:
         return edge_mask, out_count, in_count
 
 
-def _edge_cutoff(scores: _EdgeScores, threshold: float) -> torch.Tensor | None:
+def _edge_cutoff(scores: _EdgeScores, threshold: float, lean: _Lean) -> torch.Tensor | None:
     """The value circuit-tracer's find_threshold returns on the flattened N² edge scores, or
     None when that value is zero or the smallest score (either way every edge passes)."""
-    histogram = _Histogram(scores)
+    with lean:
+        histogram = _Histogram(scores)
     if not histogram.bins:
         return None
     n_cells = scores.n * scores.n
     device = scores.adjacency.device
     fits = histogram.count * 4 <= _SORT_BUDGET * n_cells * scores.adjacency.element_size()
     if device.type == "cpu" and fits and n_cells < 1 << 62:
-        return _cutoff_by_sort(scores, threshold, histogram.count, n_cells)
-    return _cutoff_by_histogram(scores, threshold, histogram)
+        return _cutoff_by_sort(scores, threshold, histogram.count, n_cells, lean)
+    with lean:
+        return _cutoff_by_histogram(scores, threshold, histogram)
 
 
 class _Histogram:
@@ -517,7 +572,7 @@ def _unit_shift(bits: int) -> int:
 
 
 def _cutoff_by_sort(
-    scores: _EdgeScores, threshold: float, count: int, n_cells: int
+    scores: _EdgeScores, threshold: float, count: int, n_cells: int, lean: _Lean
 ) -> torch.Tensor | None:
     """circuit-tracer's find_threshold run on its own input: the positive scores sorted
     descending at the start of N² floats whose other pages are never written, so they read
@@ -527,9 +582,10 @@ def _cutoff_by_sort(
         flat = torch.frombuffer(memory, dtype=torch.float32)
         prefix = flat[:count]
         offset = 0
-        for bits in scores.positive_bits():
-            prefix[offset : offset + bits.numel()] = bits.view(torch.float32).neg()
-            offset += bits.numel()
+        with lean:
+            for bits in scores.positive_bits():
+                prefix[offset : offset + bits.numel()] = bits.view(torch.float32).neg()
+                offset += bits.numel()
         sorted_prefix = prefix.numpy()
         sorted_prefix.sort()  # ascending negatives: in place, descending scores once negated
         np.negative(sorted_prefix, out=sorted_prefix)
