@@ -69,6 +69,9 @@ _DENSE_BYTES = 16 << 20
 # Matrix cells per working block (4 MiB of float32): small next to any adjacency worth pruning
 # lean, large enough that per-call overhead stays small.
 _BLOCK_CELLS = 1 << 20
+# On an accelerator blocks only bound memory (no cache to fit, and each call costs a launch):
+# this fraction of the adjacency, at least the CPU size.
+_DEVICE_BLOCK_FRACTION = 1 / 64
 # Column blocks of Â: bounds on multiples of _ALIGN (see `_aligned_blocks`), as wide as fits
 # _COLUMN_BLOCK_BYTES (a core's L2 cache, where the block is read once per series term).
 _ALIGN = 16
@@ -84,8 +87,9 @@ _MANTISSA = 0x7FFFFF
 _HIDDEN_BIT = 0x800000
 # Every float32 is an integer multiple of 2**-149: exact sums are Python ints in that unit.
 _UNIT_EXP = 149
-# The CPU sort of positive scores may use this fraction of the adjacency's bytes.
-_SORT_BUDGET = 1 / 8
+# The CPU sort of the positive scores may take this fraction of the adjacency's bytes: it runs
+# before the edge mask (a quarter) exists, and numpy sorts in place.
+_SORT_BUDGET = 0.4
 
 
 def prune_graph(
@@ -258,9 +262,16 @@ def _level_runs(levels: torch.Tensor | None) -> list[list[tuple[int, int]]]:
     ]
 
 
-def _block_rows(width: int) -> int:
+def _block_cells(adjacency: torch.Tensor) -> int:
+    """Matrix cells per working block on the adjacency's device."""
+    if adjacency.device.type == "cpu":
+        return _BLOCK_CELLS
+    return max(_BLOCK_CELLS, int(adjacency.numel() * _DEVICE_BLOCK_FRACTION))
+
+
+def _block_rows(adjacency: torch.Tensor, width: int) -> int:
     """Rows per working block of this width; at least 2 (see `_sum_rows`)."""
-    return max(2, _BLOCK_CELLS // max(width, 1))
+    return max(2, _block_cells(adjacency) // max(width, 1))
 
 
 def _sum_rows(block: torch.Tensor) -> torch.Tensor:
@@ -282,7 +293,8 @@ def _row_sums(
     n = adjacency.shape[0]
     device = adjacency.device
     sums = torch.zeros(n, device=device)
-    buffer = torch.empty(_block_rows(n) * n, device=device)
+    step = _block_rows(adjacency, n)
+    buffer = torch.empty(step * n, device=device)
     rows = keep.nonzero().flatten() if keep is not None else torch.arange(n, device=device)
     if levels is None:
         groups: list[tuple[int | None, torch.Tensor]] = [(None, rows)]
@@ -291,14 +303,15 @@ def _row_sums(
         rows = rows[order]
         values, counts = torch.unique_consecutive(levels[rows], return_counts=True)
         groups = list(zip(values.tolist(), torch.split(rows, counts.tolist()), strict=True))
+    drop = None if keep is None else ~keep
     layered = levels is not None
     for level, group in groups:
         at_or_above = None if level is None else (levels >= level).to(adjacency.dtype)
-        for chunk in torch.split(group, _block_rows(n)):
+        for chunk in torch.split(group, step):
             block = buffer[: chunk.numel() * n].view(chunk.numel(), n)
             torch.index_select(adjacency, 0, chunk, out=block)
-            if keep is not None:
-                block.masked_fill_(~keep, 0)
+            if drop is not None:
+                block.masked_fill_(drop, 0)
             block.abs_()
             sums[chunk] = _sum_rows(block)
             if at_or_above is not None and layered:
@@ -306,20 +319,25 @@ def _row_sums(
     return sums, layered
 
 
-def _aligned_blocks(start: int, stop: int, n: int) -> Iterator[tuple[int, int]]:
+def _aligned_blocks(start: int, stop: int, adjacency: torch.Tensor) -> Iterator[tuple[int, int]]:
     """Column blocks covering [start, stop), cut on multiples of _ALIGN (the last at n).
 
     MKL's product kernel treats columns in aligned groups (16 floats with AVX-512) and the
     trailing columns apart; blocks cut on those boundaries give every column the same
     treatment, hence the same bits, as in the full-width product."""
-    width = _block_columns(n)
+    n = adjacency.shape[0]
+    width = _block_columns(adjacency)
     for a in range(start - start % _ALIGN, stop, width):
         yield a, min(a + width, n)
 
 
-def _block_columns(n: int) -> int:
+def _block_columns(adjacency: torch.Tensor) -> int:
     """Columns per block of Â: a multiple of _ALIGN, at least _ALIGN."""
-    return max(_ALIGN, _COLUMN_BLOCK_BYTES // (4 * max(n, 1)) // _ALIGN * _ALIGN)
+    n = max(adjacency.shape[0], 1)
+    budget = _COLUMN_BLOCK_BYTES
+    if adjacency.device.type != "cpu":
+        budget = max(budget, _block_cells(adjacency) * 4)
+    return max(_ALIGN, budget // (4 * n) // _ALIGN * _ALIGN)
 
 
 class _Normalized:
@@ -335,7 +353,7 @@ class _Normalized:
             denominators.masked_fill_(~keep, float("inf"))
         self.denominators = denominators[:, None]
         n = adjacency.shape[0]
-        self.buffer = torch.empty(n * _block_columns(n), device=adjacency.device)
+        self.buffer = torch.empty(n * _block_columns(adjacency), device=adjacency.device)
 
     def block(self, a: int, b: int) -> torch.Tensor:
         n = self.adjacency.shape[0]
@@ -417,7 +435,7 @@ def _influence_by_levels(
             wanted = None if keep is None else keep[start:stop]
             if wanted is not None and not bool(wanted.any()):
                 continue
-            for a, b in _aligned_blocks(start, stop, n):
+            for a, b in _aligned_blocks(start, stop, normalized.adjacency):
                 lo, hi = max(a, start), min(b, stop)
                 block = normalized.block(a, b)
                 for k in range(deepest + 1):
@@ -451,7 +469,7 @@ def _influence_by_series(
 
     def times_normalized(vector: torch.Tensor) -> torch.Tensor:
         out = torch.empty(n, device=device)
-        for a, b in _aligned_blocks(0, n, n):
+        for a, b in _aligned_blocks(0, n, normalized.adjacency):
             out[a:b] = vector @ normalized.block(a, b)
         if drop is not None:
             out.masked_fill_(drop, 0)
@@ -476,7 +494,7 @@ class _EdgeScores:
         self.denominators = row_sums.clamp(min=_CLAMP_MIN)
         self.influence = influence
         self.n = adjacency.shape[0]
-        self.step = _block_rows(self.n)
+        self.step = _block_rows(adjacency, self.n)
         device = adjacency.device
         self.rows_buffer = torch.empty(self.step * self.n, device=device)
         self.buffer = torch.empty(self.step * self.kept.numel(), device=device)
@@ -534,7 +552,7 @@ def _edge_cutoff(scores: _EdgeScores, threshold: float, lean: _Lean) -> torch.Te
     n_cells = scores.n * scores.n
     device = scores.adjacency.device
     fits = histogram.count * 4 <= _SORT_BUDGET * n_cells * scores.adjacency.element_size()
-    if device.type == "cpu" and fits and n_cells < 1 << 62:
+    if device.type == "cpu" and fits:
         return _cutoff_by_sort(scores, threshold, histogram.count, n_cells, lean)
     with lean:
         return _cutoff_by_histogram(scores, threshold, histogram)
