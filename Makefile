@@ -8,7 +8,7 @@ UV := $(VENV)/uv/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
 
-.PHONY: install install-dev run test lint format bench lock demo-model clean
+.PHONY: install install-dev run test lint format bench bench-prune lock demo-model clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ format: install-dev
 
 bench: install-dev
 	$(PY) bench/serialize.py
+
+# neuronpedia_graph.prune against circuit-tracer's prune_graph: time, peak memory, and the
+# largest graph each prunes within 20 GiB (needs 21 GiB free; under 10 minutes).
+bench-prune: install-dev
+	$(PY) bench/prune.py
 
 # Rebuild the committed demo model and transcoders (byte-identical; about 2.5 min on 2 cores).
 demo-model: install

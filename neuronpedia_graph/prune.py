@@ -1,53 +1,62 @@
-"""circuit-tracer's `prune_graph`, same result, without its N×N temporaries.
+"""circuit-tracer's `prune_graph`, the same result, without its N×N temporaries.
 
 Why: circuit-tracer 0.5.0 prunes a graph of N nodes with dense N×N tensors: a clone of the
 adjacency, two normalized copies, the edge scores, their full sort (values and int64 indices),
-the cumulative sum and its quotient; about 9 adjacency-sized buffers at peak. That, not the
-attribution, is what runs out of memory first on long prompts (circuit-tracer issue #92: OOM in
-the sort on an 80 GB H100 at about 63k nodes). Here the extra memory is the returned bool edge
-mask (a quarter of the adjacency's float32 bytes) plus a few MiB of working blocks, and no step
-sorts or stores N² scores.
+the cumulative sum and its quotient; about 7 adjacency-sized buffers beyond the adjacency at
+peak. That, not the attribution, is what runs out of memory first on long prompts
+(circuit-tracer issue #92: OOM in that sort on an 80 GB H100 at about 63k nodes). Here the
+extra memory is the returned bool edge mask (a quarter of the adjacency's float32 bytes) plus
+working blocks of a few MiB; no step sorts or stores the N² scores.
 
-What circuit-tracer computes (and so what this module reproduces):
+What circuit-tracer computes, and so what this module reproduces:
   1. Â = |A| / rowsum(|A|) (rows are targets, columns sources), w = logit probabilities;
-     node influence x = w·Â + w·Â² + … (a power series run until a term is exactly zero).
-  2. node mask = x >= the value at which the descending cumulative share of x reaches
+     node influence x = w·Â + w·Â² + …, a power series run until a term is exactly zero.
+  2. node mask: x >= the value at which the descending cumulative share of x reaches
      `node_threshold`; token and logit nodes always kept.
-  3. The same on the adjacency with the dropped nodes' rows and columns zeroed gives the pruned
+  3. The same series on A with the dropped nodes' rows and columns zeroed gives the pruned
      influence p (plus w); edge score (i, j) = Â'[i, j] · p[i].
-  4. edge mask = score >= the value at which the descending cumulative share of all N² scores
+  4. edge mask: score >= the value at which the descending cumulative share of all N² scores
      reaches `edge_threshold`.
-  5. Repeatedly drop feature/error nodes without outgoing and feature nodes without incoming
-     kept edges; cumulative influence shares per node.
+  5. Feature/error nodes without outgoing and feature nodes without incoming kept edges are
+     dropped until none is left; cumulative influence shares per node.
 
-How, and why the result is the same bit for bit (on CPU, the platform tests run on):
-  - Row sums are taken over whole rows, exactly as torch reduces the rows of the full matrix,
-    and Â's entries are the same float32 divisions, computed per block of columns.
-  - The series: a circuit-tracer graph is layered (tokens, layer 0 … layer L-1, logits) and a
-    node's row only holds lower-level sources, so term k+1 of a level's columns needs only the
-    higher levels' term k. Levels are processed top down, each block of columns of Â is built
-    once, and each term is one `vector @ block` product. MKL sums each output column over all N
-    rows in a fixed order on one thread; circuit-tracer's full-width product gets that same
-    order, and a block cut on 64-column boundaries keeps every column's treatment, so every term
-    and their float32 sum are circuit-tracer's, bit for bit (see `_Lean`). A graph that
-    is not layered this way falls back to the plain series, block by block.
-  - The edge threshold: along the descending sort, circuit-tracer's cumulative fraction only
-    grows, so the value it returns is the largest score u for which the prefix ending with u's
-    tie group passes; and zeros add nothing. A first pass histograms the positive scores by
-    their top 16 float bits (value ranges, since non-negative floats order like their bits) with
-    exact integer sums. On CPU, the positive scores are then sorted in a private anonymous
-    memory map of N² floats whose untouched pages read as zeros without becoming resident, so
-    circuit-tracer's own torch.sum of the sorted N² scores (a float32 cascade whose last bit
-    depends on its summation tree) and its cumsum (double accumulation, rounded per element)
-    are reproduced by the very same torch calls on the same values. Where that sort would not
-    fit in the memory budget (or off CPU), a second histogram inside the one bin where the
-    fraction crosses the threshold counts each exact value there, and the crossing is decided
-    with the exact prefix sums and the correctly rounded total: identical unless circuit-
-    tracer's float32 total is off by enough rounding to move the crossing across one tie group
-    of scores, in which case the kept score mass differs by that one group's share.
-  - Node-sized steps (node threshold, cumulative scores) use circuit-tracer's torch calls.
-On CUDA the same code runs on the device; cuBLAS and CUDA reductions sum in other orders than
-the full-matrix calls, so there the result agrees up to float32 rounding.
+How, and why the result is circuit-tracer's bit for bit (on CPU; tests check it there):
+  - Row sums are taken over whole rows, as torch reduces each row of the full matrix, and Â's
+    entries are the same float32 divisions, made block by block of columns.
+  - The series (`_influence_by_levels`): circuit-tracer's graphs are layered (tokens, layer 0
+    … layer L-1, logits) and a node's row only holds lower-level sources, so term k+1 of a
+    level's columns needs only the higher levels' term k. Levels are processed from the top,
+    each block of Â's columns is built once, and each term is one `vector @ block` product.
+    MKL sums each output column over all N rows in a fixed order on one thread, which is also
+    the order of circuit-tracer's product on a large matrix, and blocks cut on 16-column
+    boundaries keep each column's treatment: every term, and their float32 sum in
+    circuit-tracer's order, is the same (see `_Lean` for the thread count). The layering is
+    checked on the way; a graph without it falls back to the plain series, block by block.
+    Graphs up to 16 MiB of adjacency take the dense route instead: circuit-tracer's own
+    products on its thread count (MKL may split a small product's rows between threads, which
+    only the full-width call reproduces); the memory at stake there is a few MiB.
+  - The edge threshold (`_edge_cutoff`): along the descending sort circuit-tracer's cumulative
+    fraction only grows and zeros add nothing, so it returns the largest score u for which the
+    prefix ending with u's tie group passes. A first pass histograms the positive scores by
+    their top 16 bits (value ranges: non-negative floats order like their bit patterns). On
+    CPU the positive scores are then sorted at the start of a private anonymous map of N²
+    floats whose other pages are never written and read as zeros without becoming resident,
+    so circuit-tracer's very calls, torch.sum over the sorted N² scores (a float32 cascade
+    whose last bit depends on its summation tree and thread split) and torch.cumsum (a double
+    accumulator rounded per element), run on the very values it would have. Where that sort
+    would not fit (more than 40% of all cells positive) or off CPU, a second histogram in the
+    one bin where the fraction crosses the threshold counts every exact value there, and the
+    crossing is decided from exact prefix sums and the correctly rounded total. That differs
+    from circuit-tracer only where its float32 total's rounding moves the crossing: the kept
+    score mass then differs by the scores within that rounding of the threshold plus at most
+    one tie group; at an edge threshold of 1.0, circuit-tracer's last fraction lands just
+    under 1.0 (every cell of the mask kept, zero scores included) or at 1.0 (positive scores
+    only) depending on that last bit, so there the two can differ by that choice.
+  - Node-sized steps (node threshold, cumulative scores) are circuit-tracer's torch calls.
+  - Dropping dangling nodes counts each node's kept edges once and updates the counts with
+    the dropped nodes' rows and columns, instead of rescanning the N×N mask every round.
+On CUDA the same code runs on the device: cuBLAS, reductions and scans there sum in other
+orders than circuit-tracer's full-matrix calls, so results agree up to float32 rounding.
 """
 
 from __future__ import annotations

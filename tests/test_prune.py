@@ -282,9 +282,13 @@ def test_unlayered_graphs_take_the_series_route(tiny: Graph, case: str) -> None:
     assert not prune._row_sums(adjacency, None, levels)[1]
 
 
-def test_endless_series_raises_like_circuit_tracer(route: str, tiny: Graph) -> None:
+@pytest.mark.parametrize("dense_bytes", [prune._DENSE_BYTES, 0], ids=["dense", "lean"])
+def test_endless_series_raises_like_circuit_tracer(
+    tiny: Graph, dense_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A closed loop that only feeds itself keeps its influence forever: both give up after
-    circuit-tracer's 1000 terms, with its message, and the thread count comes back."""
+    circuit-tracer's 1000 terms, with its message, and the caller's thread count comes back."""
+    monkeypatch.setattr(prune, "_DENSE_BYTES", dense_bytes)
     adjacency = tiny.adjacency_matrix
     adjacency[5] = 0
     adjacency[150] = 0
