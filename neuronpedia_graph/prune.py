@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
@@ -128,6 +127,7 @@ def prune_graph(
 
 
 def _prune(graph: Graph, node_threshold: float, edge_threshold: float) -> PruneResult:
+    """prune_graph after its argument checks: circuit-tracer's steps 1-5 (module docstring)."""
     from circuit_tracer.graph import PruneResult
 
     adjacency = graph.adjacency_matrix
@@ -142,9 +142,12 @@ def _prune(graph: Graph, node_threshold: float, edge_threshold: float) -> PruneR
     logit_weights = torch.zeros(n, device=device)
     logit_weights[-n_logits:] = graph.logit_probabilities
     with lean:
-        levels = None if lean.dense else _node_levels(graph, n, device)
-        row_sums, layered = _row_sums(adjacency, None, levels)
-        level_runs = _level_runs(levels) if layered else None
+        level_runs = None
+        row_sums = None  # the dense route normalizes the whole matrix itself
+        if not lean.dense:
+            levels = _node_levels(graph, n, device)
+            row_sums, layered = _row_sums(adjacency, None, levels)
+            level_runs = _level_runs(levels) if layered else None
         node_influence = _influence(adjacency, row_sums, logit_weights, lean, level_runs, None)
     node_mask = node_influence >= _find_threshold(node_influence, node_threshold)
     node_mask[-n_logits - n_tokens :] = True
@@ -213,18 +216,6 @@ class _Lean:
     def __exit__(self, *exc: object) -> None:
         if self.active:
             torch.set_num_threads(self.threads)
-
-    @contextmanager
-    def caller_threads(self) -> Iterator[None]:
-        """Inside the lean scope, run a circuit-tracer call on the caller's threads."""
-        if not self.active or torch.get_num_threads() == self.threads:
-            yield
-            return
-        torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(1)
 
 
 def _node_levels(graph: Graph, n: int, device: torch.device) -> torch.Tensor | None:
@@ -373,7 +364,7 @@ class _Normalized:
 
 def _influence(
     adjacency: torch.Tensor,
-    row_sums: torch.Tensor,
+    row_sums: torch.Tensor | None,
     logit_weights: torch.Tensor,
     lean: _Lean,
     level_runs: list[list[tuple[int, int]]] | None,
@@ -382,9 +373,8 @@ def _influence(
     """circuit-tracer's `compute_influence(normalize_matrix(M), logit_weights)`, bit for bit,
     without materializing the normalized matrix unless the graph is small (M as in
     `_row_sums`)."""
-    if lean.dense:
-        with lean.caller_threads():
-            return _influence_dense(adjacency, logit_weights, keep)
+    if lean.dense or row_sums is None:  # lean is inactive then: the caller's threads
+        return _influence_dense(adjacency, logit_weights, keep)
     normalized = _Normalized(adjacency, row_sums, keep)
     if level_runs is not None:
         return _influence_by_levels(normalized, logit_weights, level_runs, keep)
