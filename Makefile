@@ -9,7 +9,7 @@ UV := $(VENV)/uv/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
 
-.PHONY: install install-dev browser run test lint format bench bench-viewer bench-load bench-half-open lock demo-model clean check-full-size
+.PHONY: install install-dev browser run test lint format bench bench-prune bench-viewer bench-load bench-half-open lock demo-model clean check-full-size
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,11 @@ bench-half-open: install-dev
 # The presets at full architecture size on CPU (random weights; ~15 min, needs ~14 GB free RAM).
 check-full-size: install-dev
 	$(PY) bench/full_size.py
+
+# neuronpedia_graph.prune against circuit-tracer's prune_graph: time, peak memory, and the
+# largest graph each prunes within 20 GiB (needs 21 GiB free; under 10 minutes).
+bench-prune: install-dev
+	$(PY) bench/prune.py
 
 # Rebuild the committed demo model and transcoders (byte-identical; about 2.5 min on 2 cores).
 demo-model: install
