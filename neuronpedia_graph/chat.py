@@ -96,7 +96,22 @@ def unsteerable_positions(tokenizer: Any, text: str) -> list[int]:
     """
     ids = prompt_positions(tokenizer, text)
     body = tokenizer(canonical_prompt(tokenizer, text), add_special_tokens=False).input_ids
-    prepended = set(range(len(ids) - len(body)))
+    return bos_positions(tokenizer, ids, len(body))
+
+
+def bos_positions(tokenizer: Any, ids: list[int], n_body: int) -> list[int]:
+    """`unsteerable_positions` from an already tokenized prompt.
+
+    Args:
+        tokenizer: the model's Hugging Face tokenizer (for its BOS id).
+        ids: the prompt's ids as `prompt_positions` gives them.
+        n_body: how many of them the canonical text itself tokenizes to (the rest were
+            prepended by circuit-tracer).
+
+    Returns:
+        Sorted positions.
+    """
+    prepended = set(range(len(ids) - n_body))
     bos_id = tokenizer.bos_token_id
     holding_bos = {i for i, token in enumerate(ids) if bos_id is not None and token == bos_id}
     return sorted(prepended | holding_bos)

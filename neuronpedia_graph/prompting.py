@@ -11,9 +11,9 @@ from typing import Any
 
 from neuronpedia_graph.chat import (
     ChatRenderError,
+    bos_positions,
     canonical_prompt,
     render_chat,
-    unsteerable_positions,
 )
 from neuronpedia_graph.errors import InvalidRequest
 from neuronpedia_graph.prompt_rules import PromptFormatError, check_prompt_format
@@ -43,16 +43,18 @@ class ModelPrompts:
         """
         tokenizer = self._model.tokenizer
         canonical = canonical_prompt(tokenizer, text)
-        if not canonical or not tokenizer(canonical, add_special_tokens=False).input_ids:
+        body = tokenizer(canonical, add_special_tokens=False).input_ids if canonical else []
+        if not body:
             return EncodedPrompt(text=canonical, ids=[], content_tokens=0)
         try:
             check_prompt_format(self._model, canonical)
         except PromptFormatError as exc:
             raise InvalidRequest(str(exc)) from None
         ids: list[int] = self._model.ensure_tokenized(canonical).tolist()
+        own = body if canonical == text else tokenizer(text, add_special_tokens=False).input_ids
         return EncodedPrompt(
             text=canonical,
             ids=ids,
-            content_tokens=len(tokenizer(text, add_special_tokens=False).input_ids),
-            unsteerable=frozenset(unsteerable_positions(tokenizer, text)),
+            content_tokens=len(own),
+            unsteerable=frozenset(bos_positions(tokenizer, ids, len(body))),
         )
