@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from neuronpedia_graph.boot_guard import WORKER_BOOT_ERROR  # gunicorn halts on this exit code
+from neuronpedia_graph.hooks import NO_HOOKS, Hooks
 from neuronpedia_graph.settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("neuronpedia_graph")
@@ -34,30 +35,34 @@ def banner(loaded: Any, settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def build_app(settings: Settings) -> Any:
+def build_app(settings: Settings, hooks: Hooks = NO_HOOKS) -> Any:
     """Load the model and wrap it in the Flask app (runs in the serving process)."""
     from neuronpedia_graph.api import create_app
     from neuronpedia_graph.loading import load_model
     from neuronpedia_graph.service import GraphService
 
+    hooks.reached("load")
     loaded = load_model(settings)
-    app = create_app(GraphService(loaded, settings), settings.require_secret())
+    app = create_app(GraphService(loaded, settings, hooks=hooks), settings.require_secret())
     print(banner(loaded, settings), file=sys.stderr, flush=True)
     return app
 
 
-def serve_gunicorn(settings: Settings, worker_class: str | type | None = None) -> None:
+def serve_gunicorn(
+    settings: Settings, worker_class: str | type | None = None, hooks: Hooks = NO_HOOKS
+) -> None:
     """Run gunicorn in this process: one worker, the model loaded inside it.
 
     Args:
         settings: resolved settings.
         worker_class: override of the buffering worker (benchmarks compare "gthread").
+        hooks: the service's hooks (the test kit's holds and faults); none in production.
     """
     from gunicorn.app.base import BaseApplication
 
     from neuronpedia_graph.access_log import RedactingLogger
     from neuronpedia_graph.api import MAX_BODY_BYTES
-    from neuronpedia_graph.boot_guard import BootGuard, inject_load_fault
+    from neuronpedia_graph.boot_guard import BootGuard
     from neuronpedia_graph.loading import ModelLoadError
     from neuronpedia_graph.upload_queue import install_shutdown_notice
     from neuronpedia_graph.worker import configured_worker
@@ -90,8 +95,7 @@ def serve_gunicorn(settings: Settings, worker_class: str | type | None = None) -
 
         def load(self) -> Any:
             try:
-                inject_load_fault()
-                app = build_app(settings)
+                app = build_app(settings, hooks)
             except (ModelLoadError, SettingsError) as exc:
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 sys.exit(WORKER_BOOT_ERROR)
@@ -109,7 +113,16 @@ def serve_gunicorn(settings: Settings, worker_class: str | type | None = None) -
     GraphServer().run()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, hooks: Hooks = NO_HOOKS) -> int:
+    """The command line.
+
+    Args:
+        argv: the arguments (default: `sys.argv[1:]`).
+        hooks: points where an embedding program (the test kit) may hold or fail the work.
+
+    Returns:
+        The exit status.
+    """
     from neuronpedia_graph.logging_setup import configure_logging
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -132,13 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if settings.dev:
         try:
-            app = build_app(settings)
+            app = build_app(settings, hooks)
         except ModelLoadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         app.run(host=settings.host, port=settings.port, threaded=True)
         return 0
-    serve_gunicorn(settings)
+    serve_gunicorn(settings, hooks=hooks)
     return 0
 
 

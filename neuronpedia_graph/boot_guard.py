@@ -16,16 +16,10 @@ byte still clear. A worker that loads fine and dies later is restarted as before
 from __future__ import annotations
 
 import mmap
-import os
 import sys
-import time
 from typing import Any
 
 WORKER_BOOT_ERROR = 3  # gunicorn's own code for "worker failed to boot": exit status of the CLI
-
-# Tests only: simulate a load that hangs (to be killed) or raises. Never set in production.
-FAULT_ENV = "NPG_TEST_LOAD_FAULT"
-_HANG_SECONDS = 600.0
 
 
 class BootGuard:
@@ -70,12 +64,3 @@ class BootGuard:
             flush=True,
         )
         raise HaltServer("worker died before the model was ready", WORKER_BOOT_ERROR)
-
-
-def inject_load_fault() -> None:
-    """Tests only: `NPG_TEST_LOAD_FAULT=hang` blocks (bounded), `=raise` raises."""
-    fault = os.environ.get(FAULT_ENV, "")
-    if fault == "hang":
-        time.sleep(_HANG_SECONDS)
-    elif fault == "raise":
-        raise RuntimeError(f"injected load fault ({FAULT_ENV}=raise)")

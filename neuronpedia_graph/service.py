@@ -29,6 +29,7 @@ from neuronpedia_graph import __version__, graph_json
 from neuronpedia_graph.chat import parse_chat_prompt
 from neuronpedia_graph.compression import gzip_compress
 from neuronpedia_graph.errors import GraphTooLarge
+from neuronpedia_graph.hooks import NO_HOOKS, Hooks
 from neuronpedia_graph.loading import LoadedModel, circuit_tracer_version
 from neuronpedia_graph.model_lock import ModelLock
 from neuronpedia_graph.operations import Operation
@@ -103,9 +104,10 @@ class Outcome:
 class GraphService:
     """One loaded model and the operations on it (see `neuronpedia_graph.operations`)."""
 
-    def __init__(self, loaded: LoadedModel, settings: Settings) -> None:
+    def __init__(self, loaded: LoadedModel, settings: Settings, hooks: Hooks = NO_HOOKS) -> None:
         self.loaded = loaded
         self.settings = settings
+        self.hooks = hooks
         self.lock = ModelLock()
         self.started_at = time.time()
         self.ct_version = circuit_tracer_version()
@@ -147,6 +149,7 @@ class GraphService:
         with reservation or contextlib.nullcontext():
             with self.lock.hold(lock_timeout):
                 try:
+                    self.hooks.reached(op.name)
                     value = method(request, timings)
                 finally:
                     self.free_memory()

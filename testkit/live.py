@@ -20,6 +20,10 @@ from pathlib import Path
 
 import requests
 
+from testkit.hold import HoldControl
+
+REPO = Path(__file__).resolve().parents[1]
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -35,6 +39,7 @@ class LiveServer:
     log_path: Path
     proc: subprocess.Popen
     workdir: Path
+    hold: HoldControl | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -143,27 +148,32 @@ def start_process(
                 os.killpg(server.proc.pid, signal.SIGKILL)
 
 
-def server_command(workdir: Path, model: str = "demo", args: Sequence[str] = ()) -> list[str]:
-    """`python -m neuronpedia_graph MODEL` with an .env path of its own (absent: not read)."""
-    return [
-        sys.executable,
-        "-m",
-        "neuronpedia_graph",
-        model,
-        "--env-file",
-        str(workdir / ".env"),
-        *args,
-    ]
+def server_command(
+    workdir: Path,
+    model: str = "demo",
+    args: Sequence[str] = (),
+    hold: HoldControl | None = None,
+) -> list[str]:
+    """`python -m neuronpedia_graph MODEL` with an .env path of its own (absent: not read).
+
+    With `hold`, the same command line through `testkit.serve`, reporting to that control.
+    """
+    entry = ["testkit.serve", str(hold.path)] if hold else ["neuronpedia_graph"]
+    return [sys.executable, "-m", *entry, model, "--env-file", str(workdir / ".env"), *args]
 
 
 def server_settings(workdir: Path, port: int, secret: str, env: Mapping[str, str]) -> dict:
-    """Loopback, CPU and a spool in `workdir`, under the given settings."""
+    """Loopback, CPU and a spool in `workdir`, under the given settings.
+
+    The repository is on PYTHONPATH so that `testkit.serve` imports from any working directory.
+    """
     return {
         "SECRET": secret,
         "PORT": str(port),
         "HOST": "127.0.0.1",
         "DEVICE": "cpu",
         "SPOOL_DIR": str(workdir / "spool"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         **env,
     }
 
@@ -178,6 +188,7 @@ def start_server(
     secret: str,
     timeout: float = 180,
     new_session: bool = False,
+    hold: HoldControl | None = None,
 ) -> Iterator[LiveServer]:
     """The real product: `python -m neuronpedia_graph MODEL` (gunicorn) on a free port.
 
@@ -189,14 +200,16 @@ def start_server(
         secret: the SECRET it requires.
         timeout: seconds to wait for /health.
         new_session: its own process group, killed whole on exit (for tests that signal it).
+        hold: the test hold this server reports its hook points to (`server.hold`).
     """
     port = free_port()
     with start_process(
-        server_command(workdir, model, args),
+        server_command(workdir, model, args, hold),
         workdir,
         server_settings(workdir, port, secret, env),
         port=port,
         timeout=timeout,
         new_session=new_session,
     ) as server:
+        server.hold = hold
         yield server

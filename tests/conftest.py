@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from testkit.hold import HoldControl
 from testkit.live import LiveServer, free_port, start_server
 
 __all__ = [
@@ -79,10 +80,17 @@ def demo_loaded(demo_settings):
 
 
 @pytest.fixture(scope="session")
-def service(demo_loaded, demo_settings):
+def hold() -> Iterator[HoldControl]:
+    """The test hold of the in-process `service` (and so of `app` and `client`)."""
+    with HoldControl() as control:
+        yield control
+
+
+@pytest.fixture(scope="session")
+def service(demo_loaded, demo_settings, hold):
     from neuronpedia_graph.service import GraphService
 
-    return GraphService(demo_loaded, demo_settings)
+    return GraphService(demo_loaded, demo_settings, hooks=hold.hooks())
 
 
 @pytest.fixture(scope="session")
@@ -111,8 +119,16 @@ def graph_schema() -> dict:
 
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The real product: `python -m neuronpedia_graph demo` under gunicorn, over HTTP."""
-    with start_server(tmp_path_factory.mktemp("live"), LIVE_SETTINGS, secret=SECRET) as server:
+    """The real product: `python -m neuronpedia_graph demo` under gunicorn, over HTTP.
+
+    It reports to a test hold of its own (`live_server.hold`) through `testkit.serve`.
+    """
+    with (
+        HoldControl() as control,
+        start_server(
+            tmp_path_factory.mktemp("live"), LIVE_SETTINGS, secret=SECRET, hold=control
+        ) as server,
+    ):
         yield server
 
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from testkit.hold import HoldControl
 from testkit.live import (
     LiveServer,
     free_port,
@@ -32,11 +33,13 @@ __all__ = ["closed_by_peer", "connect", "read_response", "spawn", "start", "stop
 BASE_SETTINGS = {"MAX_FEATURE_NODES": "2000"}
 
 
-def start(workdir: Path, **extra: str) -> tuple[subprocess.Popen, Path, int]:
-    """Start `python -m neuronpedia_graph demo` without waiting for it."""
+def start(
+    workdir: Path, hold: HoldControl | None = None, **extra: str
+) -> tuple[subprocess.Popen, Path, int]:
+    """Start `python -m neuronpedia_graph demo` without waiting for it (held by `hold`)."""
     port = free_port()
     env = server_settings(workdir, port, SECRET, {**BASE_SETTINGS, **extra})
-    server = launch(server_command(workdir), workdir, env, port=port)
+    server = launch(server_command(workdir, hold=hold), workdir, env, port=port)
     return server.proc, server.log_path, port
 
 

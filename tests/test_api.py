@@ -273,25 +273,21 @@ def test_metrics_count_requests(client, auth):
     assert 'npg_requests_total{endpoint="/forward-pass",status="200"}' in text
 
 
-def test_concurrent_requests_one_runs_one_is_refused(app, auth):
+def test_concurrent_requests_one_runs_one_is_refused(app, auth, hold):
     """Threads share one model; the second must be refused, not run concurrently."""
     results: list[int] = []
-    barrier = threading.Barrier(2)
 
-    def fire():
-        c = app.test_client()
-        barrier.wait()
-        res = c.post(
-            "/generate-graph", json=graph_body(batch_size=1, max_feature_nodes=400), headers=auth
-        )
+    def fire() -> None:
+        res = app.test_client().post("/generate-graph", json=graph_body(), headers=auth)
         results.append(res.status_code)
 
-    threads = [threading.Thread(target=fire) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert sorted(results) == [200, 503]
+    with hold.hold("generate-graph") as held:
+        first = threading.Thread(target=fire)
+        first.start()
+        held.wait()
+        fire()  # while the first holds the model
+    first.join(timeout=300)
+    assert results == [503, 200]
     assert_still_serving(app.test_client(), auth)
 
 

@@ -1,9 +1,9 @@
 """A worker that dies before the model is ready stops the server (issue 10, the crash loop).
 
 Before: gunicorn re-booted an OOM-killed worker forever and the master never said why. These
-tests run the real CLI under gunicorn. The load is held or broken by the test-only fault hook
-`NPG_TEST_LOAD_FAULT` (read in the worker just before loading), and the worker is really killed
-with SIGKILL, as the kernel's OOM killer does.
+tests run the real CLI under gunicorn. The load is held or broken at the service's `load` hook
+point by the test hold (`testkit.hold`, attached through `testkit.serve`), and the worker is
+really killed with SIGKILL, as the kernel's OOM killer does.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import requests
 
+from testkit.hold import HoldControl
 from tests.server_proc import spawn, start, stop
 
 BOOT_LINE = re.compile(r"Booting worker with pid: (\d+)")
@@ -46,13 +47,15 @@ def wait_exit(proc: subprocess.Popen, log_path: Path) -> int:
 
 
 def test_worker_killed_while_loading_stops_the_server(tmp_path):
-    proc, log_path, _port = start(tmp_path, NPG_TEST_LOAD_FAULT="hang")
-    try:
-        pid = wait_for_worker(proc, log_path)
-        os.kill(pid, signal.SIGKILL)
-        code = wait_exit(proc, log_path)
-    finally:
-        stop(proc)
+    with HoldControl() as control, control.hold("load") as held:
+        proc, log_path, _port = start(tmp_path, hold=control)
+        try:
+            held.wait()  # the worker is loading, and stays there until it is killed
+            pid = wait_for_worker(proc, log_path)
+            os.kill(pid, signal.SIGKILL)
+            code = wait_exit(proc, log_path)
+        finally:
+            stop(proc)
     log = log_path.read_text(errors="replace")
     assert code == 3, log[-3000:]
     assert f"error: the worker process (pid {pid}) died while loading the model" in log
@@ -61,14 +64,16 @@ def test_worker_killed_while_loading_stops_the_server(tmp_path):
 
 
 def test_exception_while_loading_stops_the_server(tmp_path):
-    proc, log_path, _port = start(tmp_path, NPG_TEST_LOAD_FAULT="raise")
-    try:
-        code = wait_exit(proc, log_path)
-    finally:
-        stop(proc)
+    with HoldControl() as control:
+        control.fail("load")
+        proc, log_path, _port = start(tmp_path, hold=control)
+        try:
+            code = wait_exit(proc, log_path)
+        finally:
+            stop(proc)
     log = log_path.read_text(errors="replace")
     assert code == 3, log[-3000:]
-    assert "error: loading the model failed: RuntimeError: injected load fault" in log
+    assert "error: loading the model failed: InjectedFault: injected fault at 'load'" in log
     assert len(worker_pids(log_path)) == 1, "the worker was re-booted"
 
 

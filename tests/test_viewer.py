@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -502,38 +501,30 @@ def test_no_secret_unreachable_server_and_oversized_body_are_messages(tab):
 
 
 def test_busy_server_is_shown_as_a_message(tab, live_server):
-    """A real graph in flight on the server makes the page's request a 503."""
+    """A real graph held on the server (the test hold) makes the page's request a 503."""
     page = tab.page
     page.click("#secret-change")
     enter_secret(page)
-    slow = {
-        "prompt": "1 2 3 4 5 6 7 8 9 10 11 12",
-        "model_id": "demo",
-        "slug_identifier": "viewer-busy",
-        "batch_size": 1,
-        "max_feature_nodes": 600,
-    }
+    body = {"prompt": "1 2 3 4 5 6", "model_id": "demo", "slug_identifier": "viewer-busy"}
     results: list[requests.Response] = []
 
-    def run_slow_graph() -> None:
+    def run_held_graph() -> None:
         results.append(
             requests.post(
                 f"{live_server.base}/generate-graph",
-                json=slow,
+                json=body,
                 headers={"x-secret-key": SECRET},
                 timeout=300,
             )
         )
 
-    worker = threading.Thread(target=run_slow_graph)
-    worker.start()
-    deadline = time.monotonic() + 30
-    while not requests.get(f"{live_server.base}/check-busy", timeout=5).json()["busy"]:
-        assert time.monotonic() < deadline, "the slow graph never made the server busy"
-        time.sleep(0.01)
-    response = click_and_wait(page, "#generate", "/generate-graph")
+    with live_server.hold.hold("generate-graph") as held:
+        worker = threading.Thread(target=run_held_graph)
+        worker.start()
+        held.wait()
+        response = click_and_wait(page, "#generate", "/generate-graph")
     worker.join(timeout=300)
-    assert response.status == 503, "the slow graph finished before the page asked"
+    assert response.status == 503
     message = page.inner_text("#status")
     assert "The server is busy with another request (503)" in message
     assert f"Try again in {response.headers['retry-after']} s." in message
