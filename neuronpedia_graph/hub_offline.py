@@ -18,7 +18,9 @@ circuit-tracer with `snapshot_download`, which already falls back to the cache o
 from __future__ import annotations
 
 import os
+import socket
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -37,6 +39,43 @@ def hub_offline() -> bool:
     from the environment (here only), at the moment of asking, like the library does.
     """
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be reached from this machine, or None when it can (or may).
+
+    One name lookup and one TCP connect, with no retries: huggingface_hub itself retries a
+    failed request with backoff (about 20 s and a warning per try before its first clear
+    error), which is how a start with no network used to look. Behind a proxy the direct
+    connect proves nothing, so the check is skipped there.
+
+    Args:
+        timeout: seconds for the TCP connect.
+    """
+    if any(os.environ.get(name) for name in _PROXY_VARS):
+        return None
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or ""
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.gaierror as exc:
+        return f"{host}: name not resolved ({exc.strerror})"
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or type(exc).__name__}"
+
+
+def go_offline() -> None:
+    """Turn on the Hub's offline mode for this process and the ones it starts.
+
+    huggingface_hub and transformers read HF_HUB_OFFLINE when they are imported, so this must
+    run before either is (the CLI's pre-flight check runs first).
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def cached_path(repo_id: str, filename: str, revision: str | None = None) -> str | None:

@@ -285,10 +285,12 @@ def explain_hub_error(repo_id: str, exc: BaseException) -> str:
     if isinstance(exc, RepositoryNotFoundError):
         return f"'{repo_id}' was not found on the Hugging Face Hub, or it is private ({token})"
     if isinstance(exc, (OfflineModeIsEnabled, LocalEntryNotFoundError)) and offline:
-        return (
-            f"Cannot download '{repo_id}': Hugging Face Hub offline mode is on (HF_HUB_OFFLINE=1) "
-            f"and it is not in the local cache ({token})"
+        why = (
+            f"the Hugging Face Hub is unreachable ({_unreachable})"
+            if _unreachable
+            else "Hugging Face Hub offline mode is on (HF_HUB_OFFLINE=1)"
         )
+        return f"Cannot download '{repo_id}': {why} and it is not in the local cache ({token})"
     return (
         f"Cannot reach the Hugging Face Hub to download '{repo_id}' "
         f"({type(exc).__name__}; {token}); check the network or pre-download it"
@@ -304,12 +306,39 @@ def _hub_probe(repo_id: str, filename: str, subfolder: str | None, revision: str
         raise ModelLoadError(explain_hub_error(repo_id, exc)) from exc
 
 
+# Why the Hub was found unreachable at start (offline mode was then turned on), for messages.
+_unreachable: str | None = None
+
+
 def preflight(spec: ModelSpec) -> None:
     """Fail fast on everything that can be checked without loading weights.
 
     For a Hub transcoder set this reads its config.yaml (cache first) and, in offline mode,
     checks that every file it lists is cached, so a cold cache fails before gunicorn starts.
+    When the model or the set comes from the Hub and the Hub cannot be reached at all, offline
+    mode is turned on first: a warm cache then starts with no network, and a cold one fails at
+    once with one line instead of a minute of retries.
     """
+    global _unreachable
+    from neuronpedia_graph import hub_offline
+
+    _unreachable = None
+    needs_hub = not (spec.model_is_local and spec.transcoder_is_local)
+    if needs_hub and not hub_offline.hub_offline():
+        _unreachable = hub_offline.hub_unreachable()
+        if _unreachable:
+            hub_offline.go_offline()
+    _check_files(spec)  # a cold cache fails here, with one line that gives the reason
+    if _unreachable:
+        logger.warning(
+            "the Hugging Face Hub is unreachable (%s): using the local cache only", _unreachable
+        )
+
+
+def _check_files(spec: ModelSpec) -> None:
+    """The model's config and the transcoder set's files are there, or can be fetched."""
+    from neuronpedia_graph import hub_offline
+
     if spec.model_is_local:
         if not (Path(spec.model_path) / "config.json").is_file():
             raise ModelLoadError(f"Model directory '{spec.model_path}' has no config.json")
@@ -320,8 +349,6 @@ def preflight(spec: ModelSpec) -> None:
         _resolve_transcoder_files(directory, _read_local_config(directory))
         return
     from circuit_tracer.utils.caching import is_cached
-
-    from neuronpedia_graph import hub_offline
 
     hub_ref = spec.transcoder_hub_ref or spec.transcoder_ref
     if is_cached(spec.transcoder_ref) or is_cached(hub_ref):

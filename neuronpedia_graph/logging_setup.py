@@ -15,6 +15,25 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class PrintedOnce(logging.Filter):
+    """Drop records that a library's own handler has already printed.
+
+    transformers and huggingface_hub attach a stream handler to their library logger and still
+    let records propagate to the root, so each of their warnings appeared twice. They add that
+    handler lazily, when first imported, so it cannot simply be removed here.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None and logger.parent is not None:  # stop below the root
+            if logger.handlers:
+                return False
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        return True
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Idempotent: the CLI, gunicorn workers and tests may all call it."""
     root = logging.getLogger()
@@ -25,6 +44,7 @@ def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler._npg = True  # type: ignore[attr-defined]
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(PrintedOnce())
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
     )

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextvars
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -191,24 +192,32 @@ def _cli_fields() -> dict[str, FieldInfo]:
     }
 
 
+def _flag(name: str) -> str:
+    """The command-line flag of settings field `name`."""
+    info = Settings.model_fields[name]
+    return (info.json_schema_extra or {}).get("flag") or "--" + name.replace("_", "-")
+
+
 def build_parser(prog: str = "neuronpedia-graph") -> argparse.ArgumentParser:
     """The command line, generated from the settings fields."""
     parser = argparse.ArgumentParser(
         prog=prog,
+        usage=f"{prog} [MODEL] [options]\n       {prog} describe MODEL [--transcoder-set SET] "
+        "[--neuronpedia-id ID]",
         description="Serve circuit-tracer attribution graphs over HTTP for one loaded model. "
-        "`neuronpedia-graph describe MODEL` prints what would be loaded, without loading it.",
+        "`describe MODEL` prints, as one JSON object, what a start would load (no weights, no "
+        "network, no SECRET needed).",
     )
     model_help = Settings.model_fields["model_id"].description
     parser.add_argument("model", nargs="?", default=None, help=f"{model_help} (env MODEL_ID)")
     for name, info in _cli_fields().items():
         help_text = f"{info.description} (env {env_var(name)}; default {info.default})"
-        flag = (info.json_schema_extra or {}).get("flag") or "--" + name.replace("_", "-")
         if info.annotation is bool:
             parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
+                _flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text
             )
         else:
-            parser.add_argument(flag, dest=name, help=help_text)
+            parser.add_argument(_flag(name), dest=name, help=help_text)
     parser.add_argument("--env-file", default=None, help="path of the .env file (default ./.env)")
     return parser
 
@@ -240,10 +249,22 @@ def load_settings(
     try:
         return Settings(**cli)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{env_var(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err, from_cli=cli.keys()) for err in exc.errors())
         raise SettingsError(f"invalid configuration: {problems}") from None
     finally:
         _SOURCES.reset(token)
+
+
+def _problem(err: ErrorDetails, from_cli: Iterable[str]) -> str:
+    """One invalid value: named as the user gave it (flag or env var), with the value given.
+
+    Secret values are never repeated.
+    """
+    name = str(err["loc"][0]) if err["loc"] else ""
+    if name not in Settings.model_fields:
+        return f"settings: {err['msg']}"
+    where = (_flag(name) if name != "model_id" else "MODEL") if name in from_cli else env_var(name)
+    given = err.get("input")
+    secret = "SecretStr" in str(Settings.model_fields[name].annotation)
+    shown = "" if secret or isinstance(given, dict) else f" (given {given!r})"
+    return f"{where}{shown}: {err['msg']}"

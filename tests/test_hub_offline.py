@@ -134,3 +134,52 @@ def test_fabricated_cache_is_a_valid_hub_cache(gemma_home):
         (revision,) = repo.revisions
         assert revision.commit_hash == revision_for(repo_id) and "main" in revision.refs
         assert all(f.file_path.resolve().is_file() for f in revision.files)
+
+
+# An unresolvable Hub endpoint (the .invalid top-level domain never resolves): "no network".
+NO_HUB = "https://hub.invalid"
+
+
+def _no_network_env(home: Path, cwd: Path, port: int) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_TOKEN", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+        and not k.lower().endswith("_proxy")
+    }
+    env.update(HF_HOME=str(home), HF_ENDPOINT=NO_HUB, SECRET="x", PORT=str(port), HOST="127.0.0.1")
+    env.update(DEVICE="cpu", SPOOL_DIR=str(cwd / "spool"), PYTHONUNBUFFERED="1")
+    return env
+
+
+def test_no_network_and_a_cold_cache_fail_at_once_with_one_line(tmp_path):
+    """No HF_HUB_OFFLINE and no network: one clear line, no retries, no second warning."""
+    result = subprocess.run(
+        [sys.executable, "-m", "neuronpedia_graph", "google/gemma-2-2b"],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang guard only; bench-free: the retries it replaces took ~23 s
+        env=_no_network_env(tmp_path / "empty-hf", tmp_path, 1),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "error: Cannot download 'google/gemma-2-2b': the Hugging Face Hub is unreachable "
+        "(hub.invalid: name not resolved"
+    )
+    assert "not in the local cache" in lines[0]
+
+
+def test_no_network_and_a_warm_cache_start_offline_with_one_warning(hub_cache, tmp_path):
+    from testkit.live import free_port, start_process
+
+    port = free_port()
+    argv = [sys.executable, "-m", "neuronpedia_graph", "google/gemma-2-2b"]
+    env = _no_network_env(hub_cache, tmp_path, port)
+    with start_process(argv, tmp_path, env, port=port, timeout=300, inherit_env=False) as server:
+        log = server.log()
+    assert log.count("the Hugging Face Hub is unreachable (hub.invalid: name not resolved") == 1
+    assert "using the local cache only" in log
+    assert "Retrying" not in log and "Traceback" not in log

@@ -158,3 +158,26 @@ def test_the_command_line_is_generated_from_the_settings(tmp_path):
         env_file=tmp_path / "none",
     )
     assert (s.max_graph_links, s.viewer, s.neuronpedia_model_id) == (7, False, "x")
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        (["--token-limit", "abc"], {}, "--token-limit (given 'abc'): "),
+        (["--port", "70000"], {"PORT": "5000"}, "--port (given '70000'): "),
+        ([], {"TOKEN_LIMIT": "-3"}, "TOKEN_LIMIT (given '-3'): "),
+        (["--no-viewer"], {"GZIP_LEVEL": "11"}, "GZIP_LEVEL (given '11'): "),
+    ],
+)
+def test_a_bad_value_is_named_as_given_with_its_value(tmp_path, argv, environ, expected):
+    """A flag's error names the flag, an env var's the variable; both repeat the value."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings(argv, environ=environ, env_file=tmp_path / "none")
+    assert str(caught.value).startswith(f"invalid configuration: {expected}")
+
+
+def test_help_lists_the_describe_command():
+    from neuronpedia_graph.settings import build_parser
+
+    usage = build_parser().format_usage()
+    assert "neuronpedia-graph describe MODEL" in usage

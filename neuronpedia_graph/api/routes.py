@@ -58,7 +58,7 @@ def check_busy() -> Response:
 def prometheus() -> Response:
     metrics = _metrics()
     metrics.busy.set(1 if _service().lock.busy else 0)
-    return Response(metrics.render(), mimetype=metrics.content_type)
+    return Response(metrics.render(), content_type=metrics.content_type)
 
 
 def openapi() -> Response:
