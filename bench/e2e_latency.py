@@ -39,7 +39,7 @@ def bare_path(repeats: int) -> list[float]:
     from circuit_tracer.graph import prune_graph
 
     from neuronpedia_graph.graph_json import build_graph_json
-    from neuronpedia_graph.loading import load_model
+    from neuronpedia_graph.models.loading import load_model
     from neuronpedia_graph.settings import Settings
 
     loaded = load_model(Settings(model_id="demo", device="cpu"))

@@ -117,7 +117,7 @@ def bare_library(
     from circuit_tracer.graph import prune_graph
 
     from neuronpedia_graph.graph_json import build_graph_json
-    from neuronpedia_graph.loading import load_model
+    from neuronpedia_graph.models.loading import load_model
     from neuronpedia_graph.settings import Settings
 
     cuda = device.startswith("cuda")

@@ -1,4 +1,4 @@
-"""Half-open connections against worker designs: the measurement behind neuronpedia_graph/worker.py.
+"""Half-open connections against worker designs: the evidence behind `serving/worker.py`.
 
 For each configuration the real server starts on the demo model (loopback only), answers one
 warm-up graph, then:

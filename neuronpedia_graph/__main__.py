@@ -12,8 +12,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from neuronpedia_graph.boot_guard import WORKER_BOOT_ERROR  # gunicorn halts on this exit code
 from neuronpedia_graph.hooks import NO_HOOKS, Hooks
+from neuronpedia_graph.serving.boot_guard import (
+    WORKER_BOOT_ERROR,  # gunicorn halts on this exit code
+)
 from neuronpedia_graph.settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("neuronpedia_graph")
@@ -38,7 +40,7 @@ def banner(loaded: Any, settings: Settings) -> str:
 def build_app(settings: Settings, hooks: Hooks = NO_HOOKS) -> Any:
     """Load the model and wrap it in the Flask app (runs in the serving process)."""
     from neuronpedia_graph.api import create_app
-    from neuronpedia_graph.loading import load_model
+    from neuronpedia_graph.models.loading import load_model
     from neuronpedia_graph.service import GraphService
 
     hooks.reached("load")
@@ -60,12 +62,12 @@ def serve_gunicorn(
     """
     from gunicorn.app.base import BaseApplication
 
-    from neuronpedia_graph.access_log import RedactingLogger
     from neuronpedia_graph.api import MAX_BODY_BYTES
-    from neuronpedia_graph.boot_guard import BootGuard
-    from neuronpedia_graph.loading import ModelLoadError
-    from neuronpedia_graph.upload_queue import install_shutdown_notice
-    from neuronpedia_graph.worker import configured_worker
+    from neuronpedia_graph.models.spec import ModelLoadError
+    from neuronpedia_graph.serving.access_log import RedactingLogger
+    from neuronpedia_graph.serving.boot_guard import BootGuard
+    from neuronpedia_graph.serving.worker import configured_worker
+    from neuronpedia_graph.upload.queue import install_shutdown_notice
 
     guard = BootGuard()
     if worker_class is None:
@@ -127,14 +129,14 @@ def main(argv: Sequence[str] | None = None, *, hooks: Hooks = NO_HOOKS) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["describe"]:
-        from neuronpedia_graph.describe import main as describe_main
+        from neuronpedia_graph.models.describe import main as describe_main
 
         return describe_main(args[1:])
     try:
         settings = load_settings(args)
         settings.require_secret()
         configure_logging(settings.log_level)
-        from neuronpedia_graph.loading import ModelLoadError, preflight, resolve_spec
+        from neuronpedia_graph.models.spec import ModelLoadError, preflight, resolve_spec
 
         try:
             preflight(resolve_spec(settings))

@@ -26,7 +26,7 @@ import torch
 if TYPE_CHECKING:
     from circuit_tracer.graph import Graph
 
-    from neuronpedia_graph.loading import ModelSpec
+    from neuronpedia_graph.models.spec import ModelSpec
     from neuronpedia_graph.schemas import GraphRequest
 
 # circuit-tracer's build_model defaults: nothing pinned, no supernodes, nothing clicked.

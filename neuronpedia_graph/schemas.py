@@ -8,7 +8,7 @@ Server limits (token limits, the feature-node cap, layer and index bounds) depen
 model, so they come in through pydantic's validation context (`RequestContext`). Validating with
 a context also tokenizes the prompt once and keeps the result on the request (`encoded`), so no
 later step tokenizes or checks again. This module imports no ML code: the context carries a
-`PromptEncoder`, implemented next to the model (`neuronpedia_graph.prompting`).
+`PromptEncoder`, implemented next to the model (`neuronpedia_graph.prompts.encoding`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from neuronpedia_graph.errors import InvalidField, InvalidRequest
-from neuronpedia_graph.upload_guard import check_url_syntax
+from neuronpedia_graph.upload.guard import check_url_syntax
 
 MAX_PROMPT_CHARS = 10_000
 # Slugs become part of spool file names, which upload.py shortens to stay under NAME_MAX.
@@ -77,7 +77,7 @@ class EncodedPrompt:
 
 
 class PromptEncoder(Protocol):
-    """Renders and tokenizes prompts for one loaded model (see neuronpedia_graph.prompting)."""
+    """Renders and tokenizes prompts for one loaded model (`neuronpedia_graph.prompts.encoding`)."""
 
     def render(self, messages: list[ChatMessage]) -> str: ...
 

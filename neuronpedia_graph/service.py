@@ -26,14 +26,14 @@ from circuit_tracer.graph import Graph
 from pydantic import BaseModel
 
 from neuronpedia_graph import __version__, graph_json
-from neuronpedia_graph.chat import parse_chat_prompt
 from neuronpedia_graph.compression import gzip_compress
 from neuronpedia_graph.errors import GraphTooLarge
 from neuronpedia_graph.hooks import NO_HOOKS, Hooks
-from neuronpedia_graph.loading import LoadedModel, circuit_tracer_version
 from neuronpedia_graph.model_lock import ModelLock
+from neuronpedia_graph.models.loading import LoadedModel, circuit_tracer_version
 from neuronpedia_graph.operations import Operation
-from neuronpedia_graph.prompting import ModelPrompts
+from neuronpedia_graph.prompts.chat import parse_chat_prompt
+from neuronpedia_graph.prompts.encoding import ModelPrompts
 from neuronpedia_graph.schemas import (
     ForwardPassRequest,
     ForwardPassResponse,
@@ -50,7 +50,7 @@ from neuronpedia_graph.schemas import (
 )
 from neuronpedia_graph.settings import Settings
 from neuronpedia_graph.steering import steer
-from neuronpedia_graph.upload_queue import Ticket, UploadQueue
+from neuronpedia_graph.upload.queue import Ticket, UploadQueue
 
 logger = logging.getLogger(__name__)
 

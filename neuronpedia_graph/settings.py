@@ -28,7 +28,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from neuronpedia_graph.upload_guard import DEFAULT_ALLOWED_HOSTS, validate_allowed_hosts
+from neuronpedia_graph.upload.guard import DEFAULT_ALLOWED_HOSTS, validate_allowed_hosts
 
 Backend = Literal["nnsight", "transformerlens"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]

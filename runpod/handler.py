@@ -120,7 +120,8 @@ class ServiceLoader:
             return self._service
 
     def _load(self) -> tuple[GraphService | None, str | None]:
-        from neuronpedia_graph.loading import ModelLoadError, load_model
+        from neuronpedia_graph.models.loading import load_model
+        from neuronpedia_graph.models.spec import ModelLoadError
         from neuronpedia_graph.settings import SettingsError
 
         try:

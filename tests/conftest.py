@@ -74,7 +74,7 @@ def demo_settings(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def demo_loaded(demo_settings):
-    from neuronpedia_graph.loading import load_model
+    from neuronpedia_graph.models.loading import load_model
 
     return load_model(demo_settings)
 

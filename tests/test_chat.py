@@ -12,7 +12,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from neuronpedia_graph.chat import (
+from neuronpedia_graph.prompts.chat import (
     ChatMessage,
     ChatRenderError,
     ChatTemplateMissing,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from neuronpedia_graph import demo
-from neuronpedia_graph.describe import describe
+from neuronpedia_graph.models.describe import describe
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from gunicorn.http.errors import InvalidResponseHeader, LimitRequestLine
 
-from neuronpedia_graph.http_framing import RequestFramer, RequestRejected
-from neuronpedia_graph.worker import BufferedThreadWorker
+from neuronpedia_graph.serving.framing import RequestFramer, RequestRejected
+from neuronpedia_graph.serving.worker import BufferedThreadWorker
 
 MAX_BODY = 1000
 

@@ -47,7 +47,7 @@ def _listed_files(home: Path) -> list[Path]:
 
 
 def test_every_listed_file_resolves_to_the_cache_offline(hub_cache, monkeypatch):
-    from neuronpedia_graph import hub_offline
+    from neuronpedia_graph.models import hub_offline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = hub_offline.resolve_hub_config("mwhanna/gemma-scope-transcoders")
@@ -60,7 +60,7 @@ def test_only_missing_files_go_to_the_downloader(hub_cache, monkeypatch):
     """Online, a partly warm cache downloads exactly the missing file (Hub replaced here)."""
     import circuit_tracer.utils.hf_utils as hf_utils
 
-    from neuronpedia_graph import hub_offline
+    from neuronpedia_graph.models import hub_offline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     cached, missing = _listed_files(hub_cache)
@@ -79,7 +79,7 @@ def test_only_missing_files_go_to_the_downloader(hub_cache, monkeypatch):
 
 
 def test_offline_with_a_missing_file_is_one_clear_error(hub_cache, monkeypatch):
-    from neuronpedia_graph import hub_offline
+    from neuronpedia_graph.models import hub_offline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _listed_files(hub_cache)[0].unlink()

@@ -18,14 +18,8 @@ import pytest
 import torch
 
 from neuronpedia_graph import demo
-from neuronpedia_graph.loading import (
-    ModelLoadError,
-    explain_hub_error,
-    load_model,
-    preflight,
-    resolve_dtype,
-    resolve_spec,
-)
+from neuronpedia_graph.models.loading import load_model, resolve_dtype
+from neuronpedia_graph.models.spec import ModelLoadError, explain_hub_error, preflight, resolve_spec
 from neuronpedia_graph.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +121,8 @@ def test_demo_loads_through_the_user_code_path(demo_loaded):
     assert demo_loaded.spec.model_id == "demo"
     assert demo_loaded.device.type == "cpu" and demo_loaded.dtype == torch.float32
     assert demo_loaded.n_layers >= 1 and demo_loaded.d_transcoder >= 1
-    assert demo_loaded.accepts("demo") and not demo_loaded.accepts("google/gemma-2-2b")
+    assert "demo" in demo_loaded.spec.accepted_ids
+    assert "google/gemma-2-2b" not in demo_loaded.spec.accepted_ids
 
 
 def test_demo_loads_from_a_custom_local_directory_copy(tmp_path):

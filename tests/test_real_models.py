@@ -249,7 +249,7 @@ def test_nnsight_multimodal_guard_is_lifted_only_while_loading(hub_home):
     """The shim is still needed (nnsight refuses gemma-3 by itself) and never leaks."""
     from nnsight.modeling.language import LanguageModel
 
-    from neuronpedia_graph.nnsight_compat import mapped_multimodal_allowed
+    from neuronpedia_graph.models.nnsight_compat import mapped_multimodal_allowed
     from testkit.hubcache import revision_for
 
     snapshot = (

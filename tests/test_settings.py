@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from neuronpedia_graph.envfile import ensure_env_file
-from neuronpedia_graph.presets import PRESETS, find_preset
+from neuronpedia_graph.models.presets import MODELS, find_preset
 from neuronpedia_graph.settings import SettingsError, load_settings
 
 
@@ -92,13 +92,13 @@ def test_secrets_do_not_appear_in_repr(tmp_path):
 
 
 def test_presets_know_their_transcoders_scans_and_ids():
-    gemma = PRESETS["google/gemma-2-2b"]
+    gemma = MODELS["google/gemma-2-2b"]
     assert (gemma.transcoder_set, gemma.scan, gemma.neuronpedia_id) == (
         "gemma",
         "gemma-2-2b",
         "gemma-2-2b",
     )
-    llama = PRESETS["meta-llama/Llama-3.2-1B"]
+    llama = MODELS["meta-llama/Llama-3.2-1B"]
     assert (llama.transcoder_set, llama.scan) == ("llama", "llama-3-131k-relu")
     assert find_preset("gemma-2-2b") is gemma
     assert find_preset("llama3.1-8b") is llama  # id sent by the original server's clients

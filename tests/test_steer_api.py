@@ -299,7 +299,7 @@ STRICT_TEMPLATE = (
 def test_messages_the_model_cannot_render_get_a_400(tmp_path, auth, template, messages, needle):
     """A user's own model may lack a template, or refuse a turn: messages get a clear 400."""
     from neuronpedia_graph.api import create_app
-    from neuronpedia_graph.loading import load_model
+    from neuronpedia_graph.models.loading import load_model
     from neuronpedia_graph.service import GraphService
     from neuronpedia_graph.settings import Settings
 

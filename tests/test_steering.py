@@ -6,9 +6,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from neuronpedia_graph.chat import ChatMessage, render_chat
 from neuronpedia_graph.errors import InvalidRequest
-from neuronpedia_graph.prompting import ModelPrompts
+from neuronpedia_graph.prompts.chat import ChatMessage, render_chat
+from neuronpedia_graph.prompts.encoding import ModelPrompts
 from neuronpedia_graph.schemas import (
     IgnoredFeature,
     RequestContext,

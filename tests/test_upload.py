@@ -16,16 +16,15 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 import pytest
 
-from neuronpedia_graph.upload import (
+from neuronpedia_graph.upload.guard import UploadGuard, redact_url
+from neuronpedia_graph.upload.transfer import (
     MAX_REPLY_BYTES,
     UploadError,
     UploadPolicy,
     UploadResult,
     put_graph,
-    redact_url,
     spool_graph,
 )
-from neuronpedia_graph.upload_guard import UploadGuard
 from tests.conftest import traced_peak
 from tests.fault_targets import (
     big_reply_target,

@@ -15,14 +15,14 @@ import pytest
 import trustme
 
 from neuronpedia_graph.settings import Settings, SettingsError, load_settings
-from neuronpedia_graph.upload import UploadError, UploadPolicy, put_graph
-from neuronpedia_graph.upload_guard import (
+from neuronpedia_graph.upload.guard import (
     DEFAULT_ALLOWED_HOSTS,
     UploadGuard,
     UploadURLRefused,
     address_problem,
     check_url_syntax,
 )
+from neuronpedia_graph.upload.transfer import UploadError, UploadPolicy, put_graph
 from tests.fault_targets import flaky_target, tls_target
 from tests.test_upload_http import INTERNAL_URLS
 

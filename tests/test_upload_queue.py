@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from neuronpedia_graph.errors import InvalidField, UploadFailed
-from neuronpedia_graph.upload import UploadPolicy
-from neuronpedia_graph.upload_guard import UploadGuard
-from neuronpedia_graph.upload_queue import UploadQueue, UploadsBusy
+from neuronpedia_graph.upload.guard import UploadGuard
+from neuronpedia_graph.upload.queue import UploadQueue, UploadsBusy
+from neuronpedia_graph.upload.transfer import UploadPolicy
 from tests.fault_targets import closed_port_url, flaky_target, gated_target
 
 LOCAL = UploadGuard("127.0.0.1")

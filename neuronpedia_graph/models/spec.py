@@ -1,26 +1,23 @@
-"""Build the ReplacementModel the server uses: a preset, any Hub model, a local dir, or the demo.
+"""What to load, resolved from settings without loading weights: the model spec and its checks.
 
-Hub access is checked up front (one small file per repository) so that an offline machine, a
-missing token or a gated repository fails in seconds with a one-line reason, instead of deep
-inside transformers after minutes of retries. Hub transcoder sets are resolved from the local
-cache first (`hub_offline`), so a warm cache starts with no network at all.
-
-This module imports torch lazily: `resolve_spec` (used by `describe`) must stay cheap.
+`resolve_spec` maps MODEL_ID, TRANSCODER_SET and BACKEND to concrete load targets using the
+preset tables; `preflight` checks, before any weights are read, that the model and transcoder
+files are there or can be fetched, so an offline machine, a missing token or a gated
+repository fails in seconds with a one-line reason. Hub access is checked up front (one small
+file per repository), and an unreachable Hub switches to the cache alone. Imports no torch:
+`describe` uses this module.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from neuronpedia_graph.presets import (
+from neuronpedia_graph.models.presets import (
     MODELS,
     derived_neuronpedia_id,
     find_preset,
@@ -28,9 +25,6 @@ from neuronpedia_graph.presets import (
     hub_ref_for,
 )
 from neuronpedia_graph.settings import Settings
-
-if TYPE_CHECKING:
-    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -64,50 +58,6 @@ class ModelSpec:
     def transcoder_hub_ref(self) -> str | None:
         """circuit-tracer's Hub reference for the transcoders (None for a local directory)."""
         return None if self.transcoder_is_local else hub_ref_for(self.transcoder_ref)
-
-
-@dataclass
-class LoadedModel:
-    """A loaded replacement model plus the facts every request needs about it."""
-
-    model: Any
-    spec: ModelSpec
-    device: torch.device
-    dtype: torch.dtype
-    n_layers: int
-    d_transcoder: int
-    load_seconds: float
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.model.tokenizer
-
-    def accepts(self, model_id: str) -> bool:
-        return model_id in self.spec.accepted_ids
-
-
-def circuit_tracer_version() -> str:
-    return version("circuit-tracer")
-
-
-def resolve_device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"DEVICE={name} was requested but CUDA is not available here")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """bfloat16 halves GPU memory at no cost in quality; on CPU it is ~2.6x slower, so float32."""
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def _is_local(ref: str) -> bool:
@@ -158,7 +108,7 @@ def resolve_spec(settings: Settings) -> ModelSpec:
     if preset is not None and preset.model_id == "demo":
         transcoder_ref = settings.transcoder_set or str(demo.TRANSCODER_DIR)
         if _is_local(transcoder_ref):
-            _read_local_config(Path(transcoder_ref).expanduser())
+            read_local_config(Path(transcoder_ref).expanduser())
         return ModelSpec(
             model_id="demo",
             model_path=str(demo.MODEL_DIR),
@@ -174,7 +124,7 @@ def resolve_spec(settings: Settings) -> ModelSpec:
         transcoder_ref = settings.transcoder_set or preset.transcoder_set
         transcoder_is_local = _is_local(transcoder_ref)
         if transcoder_is_local:
-            _read_local_config(Path(transcoder_ref).expanduser())
+            read_local_config(Path(transcoder_ref).expanduser())
         source_urls, source_set, warnings = _labels(
             preset.model_id, transcoder_ref, transcoder_is_local
         )
@@ -212,7 +162,7 @@ def resolve_spec(settings: Settings) -> ModelSpec:
         )
     transcoder_is_local = _is_local(transcoder_ref)
     if transcoder_is_local:
-        _read_local_config(Path(transcoder_ref).expanduser())
+        read_local_config(Path(transcoder_ref).expanduser())
     name = Path(model_path).name if model_is_local else requested
     source_urls, source_set, warnings = _labels(requested, transcoder_ref, transcoder_is_local)
     neuronpedia_id = override or derived_neuronpedia_id(name)
@@ -239,7 +189,7 @@ def resolve_spec(settings: Settings) -> ModelSpec:
     )
 
 
-def _read_local_config(directory: Path) -> dict[str, Any]:
+def read_local_config(directory: Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise ModelLoadError(f"Transcoder directory '{directory}' does not exist")
     config_path = directory / "config.yaml"
@@ -258,7 +208,7 @@ def _read_local_config(directory: Path) -> dict[str, Any]:
     return config
 
 
-def _token_note() -> str:
+def token_note() -> str:
     from huggingface_hub import get_token
 
     return "HF_TOKEN is set" if get_token() else "HF_TOKEN is not set"
@@ -273,9 +223,9 @@ def explain_hub_error(repo_id: str, exc: BaseException) -> str:
         RepositoryNotFoundError,
     )
 
-    from neuronpedia_graph import hub_offline
+    from neuronpedia_graph.models import hub_offline
 
-    token = _token_note()
+    token = token_note()
     offline = hub_offline.hub_offline()
     if isinstance(exc, GatedRepoError):
         return (
@@ -320,7 +270,7 @@ def preflight(spec: ModelSpec) -> None:
     once with one line instead of a minute of retries.
     """
     global _unreachable
-    from neuronpedia_graph import hub_offline
+    from neuronpedia_graph.models import hub_offline
 
     _unreachable = None
     needs_hub = not (spec.model_is_local and spec.transcoder_is_local)
@@ -337,7 +287,7 @@ def preflight(spec: ModelSpec) -> None:
 
 def _check_files(spec: ModelSpec) -> None:
     """The model's config and the transcoder set's files are there, or can be fetched."""
-    from neuronpedia_graph import hub_offline
+    from neuronpedia_graph.models import hub_offline
 
     if spec.model_is_local:
         if not (Path(spec.model_path) / "config.json").is_file():
@@ -346,7 +296,7 @@ def _check_files(spec: ModelSpec) -> None:
         _hub_probe(spec.model_path, "config.json", None, None)
     if spec.transcoder_is_local:
         directory = Path(spec.transcoder_ref).expanduser()
-        _resolve_transcoder_files(directory, _read_local_config(directory))
+        resolve_transcoder_files(directory, read_local_config(directory))
         return
     from circuit_tracer.utils.caching import is_cached
 
@@ -368,7 +318,7 @@ def _check_files(spec: ModelSpec) -> None:
             raise ModelLoadError(f"Transcoder set '{spec.transcoder_ref}': {exc}") from None
 
 
-def _resolve_transcoder_files(directory: Path, config: dict[str, Any]) -> dict[str, Any]:
+def resolve_transcoder_files(directory: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Make relative transcoder paths absolute and check the files are there.
 
     Relative paths make a transcoder directory relocatable (the demo ships this way).
@@ -386,91 +336,3 @@ def _resolve_transcoder_files(directory: Path, config: dict[str, Any]) -> dict[s
     if absent:
         raise ModelLoadError(f"Transcoder file(s) missing: {', '.join(absent)}")
     return config
-
-
-def _load_local_transcoders(directory: Path, settings: Settings, device, dtype) -> Any:
-    from circuit_tracer.utils.hf_utils import load_transcoders
-
-    config = _resolve_transcoder_files(directory, _read_local_config(directory))
-    config.setdefault("scan", directory.name)
-    return load_transcoders(config, device, dtype, settings.lazy_encoder, settings.lazy_decoder)
-
-
-def load_model(settings: Settings, spec: ModelSpec | None = None) -> LoadedModel:
-    """Load the configured model once; raises ModelLoadError with a one-line reason."""
-    import torch
-
-    spec = spec or resolve_spec(settings)
-    if settings.hf_token is not None:
-        os.environ.setdefault("HF_TOKEN", settings.hf_token.get_secret_value())
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    preflight(spec)
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
-    started = time.perf_counter()
-
-    from circuit_tracer import ReplacementModel
-
-    from neuronpedia_graph import hub_offline
-    from neuronpedia_graph.nnsight_compat import mapped_multimodal_allowed
-
-    try:
-        if spec.transcoder_is_local:
-            transcoders = _load_local_transcoders(
-                Path(spec.transcoder_ref).expanduser(), settings, device, dtype
-            )
-        else:
-            transcoders = hub_offline.load_hub_transcoders(
-                spec.transcoder_ref,
-                spec.transcoder_hub_ref or spec.transcoder_ref,
-                device=device,
-                dtype=dtype,
-                lazy_encoder=settings.lazy_encoder,
-                lazy_decoder=settings.lazy_decoder,
-            )
-        with mapped_multimodal_allowed(spec.backend, _model_architecture(spec)):
-            model = ReplacementModel.from_pretrained_and_transcoders(
-                spec.model_path, transcoders, backend=spec.backend, device=device, dtype=dtype
-            )
-    except ModelLoadError:
-        raise
-    except hub_offline.HubFilesMissing as exc:
-        raise ModelLoadError(f"Transcoder set '{spec.transcoder_ref}': {exc}") from None
-    except Exception as exc:
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-        if isinstance(exc, (HfHubHTTPError, LocalEntryNotFoundError, OSError)):
-            raise ModelLoadError(
-                f"Loading '{spec.model_id}' with transcoders '{spec.transcoder_ref}' failed: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                f"({_token_note()})"
-            ) from exc
-        raise
-    return LoadedModel(
-        model=model,
-        spec=spec,
-        device=device,
-        dtype=dtype,
-        n_layers=int(model.cfg.n_layers),
-        d_transcoder=int(transcoders.d_transcoder),
-        load_seconds=time.perf_counter() - started,
-    )
-
-
-def _model_architecture(spec: ModelSpec) -> str | None:
-    """`architectures[0]` of the model's config.json (local or cached), None if unreadable."""
-    import json
-
-    from neuronpedia_graph import hub_offline
-
-    if spec.model_is_local:
-        path: str | None = str(Path(spec.model_path) / "config.json")
-    else:
-        path = hub_offline.cached_path(spec.model_path, "config.json")
-    try:
-        with open(path or "", encoding="utf-8") as fh:
-            architectures = json.load(fh).get("architectures") or [None]
-    except (OSError, ValueError):
-        return None
-    return architectures[0]

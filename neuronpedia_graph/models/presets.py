@@ -170,9 +170,6 @@ MODELS: dict[str, ModelPreset] = {
     )
 }
 
-# Backwards-compatible name: the table of model presets.
-PRESETS = MODELS
-
 
 def find_preset(model_id: str) -> ModelPreset | None:
     """Look a model up by HF id, Neuronpedia id, scan or alias (case-sensitive, like the Hub).

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from neuronpedia_graph.chat import (
+from neuronpedia_graph.errors import InvalidRequest
+from neuronpedia_graph.prompts.chat import (
     ChatRenderError,
     bos_positions,
     canonical_prompt,
     render_chat,
 )
-from neuronpedia_graph.errors import InvalidRequest
-from neuronpedia_graph.prompt_rules import PromptFormatError, check_prompt_format
+from neuronpedia_graph.prompts.rules import PromptFormatError, check_prompt_format
 from neuronpedia_graph.schemas import ChatMessage, EncodedPrompt
 
 

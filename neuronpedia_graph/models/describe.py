@@ -43,7 +43,7 @@ def describe(model_args: Sequence[str]) -> dict[str, Any]:
     Raises:
         SettingsError, ModelLoadError: the configuration cannot be served.
     """
-    from neuronpedia_graph.loading import resolve_spec
+    from neuronpedia_graph.models.spec import resolve_spec
     from neuronpedia_graph.settings import load_settings
 
     args = build_parser().parse_args(list(model_args))
@@ -78,7 +78,7 @@ def describe(model_args: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str]) -> int:
     """Print the description of `argv` (the arguments after `describe`); 2 on a bad config."""
-    from neuronpedia_graph.loading import ModelLoadError
+    from neuronpedia_graph.models.spec import ModelLoadError
     from neuronpedia_graph.settings import SettingsError
 
     try:

@@ -39,7 +39,7 @@ from urllib3.util import Timeout
 from urllib3.util.retry import Retry
 
 from neuronpedia_graph.settings import Settings
-from neuronpedia_graph.upload_guard import UploadTarget, redact_url
+from neuronpedia_graph.upload.guard import UploadTarget
 
 __all__ = [
     "MAX_REPLY_BYTES",
@@ -47,7 +47,6 @@ __all__ = [
     "UploadPolicy",
     "UploadResult",
     "put_graph",
-    "redact_url",
     "spool_graph",
 ]
 

@@ -79,7 +79,7 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from neuronpedia_graph.http_framing import (
+from neuronpedia_graph.serving.framing import (
     RequestFramer,
     RequestRejected,
     error_response_bytes,

@@ -1,8 +1,8 @@
 """Decide, from the bytes received so far, whether one whole HTTP/1.1 request has arrived.
 
-The buffering gunicorn worker (`neuronpedia_graph.worker`) reads requests in its event loop and
-hands a request to a thread only once every byte of it is in memory. This module is that
-decision, kept apart from the socket code so it can be reasoned about (and tested) on its own.
+The buffering gunicorn worker (`neuronpedia_graph.serving.worker`) reads requests in its event
+loop and hands a request to a thread only once every byte of it is in memory. This module is
+that decision, kept apart from the socket code so it can be reasoned about (and tested) on its own.
 
 Why gunicorn's own parser decides the framing: the request is executed by gunicorn's parser in
 the thread. If a second, different parser chose where a request ends, a request that the two

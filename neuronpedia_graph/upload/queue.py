@@ -32,8 +32,14 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from neuronpedia_graph.errors import InvalidField, ServerBusy, ServiceError, UploadFailed
-from neuronpedia_graph.upload import UploadError, UploadPolicy, UploadResult, put_graph, spool_graph
-from neuronpedia_graph.upload_guard import UploadGuard, UploadTarget, UploadURLRefused
+from neuronpedia_graph.upload.guard import UploadGuard, UploadTarget, UploadURLRefused
+from neuronpedia_graph.upload.transfer import (
+    UploadError,
+    UploadPolicy,
+    UploadResult,
+    put_graph,
+    spool_graph,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Which model and transcoders to load, from where, and loading them."""

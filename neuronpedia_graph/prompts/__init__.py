@@ -1,0 +1,1 @@
+"""Prompts: chat rendering and parsing, tokenizing, and model-specific prompt rules."""

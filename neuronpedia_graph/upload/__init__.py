@@ -1,0 +1,1 @@
+"""Uploads of graphs to presigned URLs: the SSRF guard, the slots and spool, the PUT."""
