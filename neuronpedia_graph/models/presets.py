@@ -11,24 +11,10 @@ To add a model: one `ModelPreset` line in `MODELS`. To add a transcoder set: one
 `TranscoderSetInfo` in `TRANSCODER_SETS`. `neuronpedia-graph describe MODEL` prints what a start
 would resolve, without loading anything.
 
-Default backends are chosen by evidence: every preset defaults to nnsight. `make
-check-full-size` on a 2-core, 24 GiB CPU machine (random bfloat16 weights at the real
-architecture, DTYPE=bfloat16, 7-token prompt, max_feature_nodes 200; README "Models" has the
-table):
-
-- meta-llama/Llama-3.2-1B: both backends work. TransformerLens converts the checkpoint into a
-  second copy: model load 66 s, 13.7 GB peak RSS; graph 99 s; steer 52 s. nnsight maps the
-  safetensors and holds the weights once: model load 2 s, 1.4 GB after load, 4.9 GB peak during
-  a graph; graph 66 s; steer 19 s.
-- google/gemma-2-2b: TransformerLens peaked above 20.5 GB RSS while loading (bfloat16) and was
-  OOM-killed on this machine (and at 24 GB in float32); on a GPU box with 32 GB of host RAM it
-  is marginal. nnsight: model load 4 s, 1.4 GB after load, 9.0 GB peak during a graph; graph
-  167 s; steer 31 s.
-- Qwen/Qwen3-4B, google/gemma-3-4b-it: nnsight. TransformerLens knows both names, but only at
-  full size (4 B parameters, 8 GB in bfloat16, so ~30 GB of host RAM at the load peak seen
-  above), which this machine cannot try; both are proven through nnsight at small shapes.
-
-BACKEND=transformerlens still selects TransformerLens for the official names it knows.
+Every preset defaults to the nnsight backend: it maps the weights once instead of converting
+a second copy, so it loads faster and in far less memory (docs/decisions/backend-choice.md has
+the measurements). BACKEND=transformerlens still selects TransformerLens for the official names
+it knows.
 """
 
 from __future__ import annotations
