@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextvars
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -198,19 +198,36 @@ def _flag(name: str) -> str:
     return (info.json_schema_extra or {}).get("flag") or "--" + name.replace("_", "-")
 
 
-def build_parser(prog: str = "neuronpedia-graph") -> argparse.ArgumentParser:
-    """The command line, generated from the settings fields."""
+def build_parser(
+    prog: str = "neuronpedia-graph",
+    *,
+    only: Collection[str] | None = None,
+    usage: str | None = None,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """The command line, generated from the settings fields.
+
+    Args:
+        prog: the program name shown in help.
+        only: the fields to offer as flags (default: every command-line field).
+        usage: the usage line (default: the server's, which also names `describe`).
+        description: the help text above the flags (default: the server's).
+    """
     parser = argparse.ArgumentParser(
         prog=prog,
-        usage=f"{prog} [MODEL] [options]\n       {prog} describe MODEL [--transcoder-set SET] "
-        "[--neuronpedia-id ID]",
-        description="Serve circuit-tracer attribution graphs over HTTP for one loaded model. "
+        usage=usage
+        or f"{prog} [MODEL] [options]\n       {prog} describe MODEL [--transcoder-set SET] "
+        "[--neuronpedia-id ID] [--backend B]",
+        description=description
+        or "Serve circuit-tracer attribution graphs over HTTP for one loaded model. "
         "`describe MODEL` prints, as one JSON object, what a start would load (no weights, no "
         "network, no SECRET needed).",
     )
     model_help = Settings.model_fields["model_id"].description
     parser.add_argument("model", nargs="?", default=None, help=f"{model_help} (env MODEL_ID)")
     for name, info in _cli_fields().items():
+        if only is not None and name not in only:
+            continue
         help_text = f"{info.description} (env {env_var(name)}; default {info.default})"
         if info.annotation is bool:
             parser.add_argument(

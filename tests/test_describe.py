@@ -182,3 +182,14 @@ def test_cli_describe_needs_no_secret_and_reports_errors_on_one_line():
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("error: No transcoder set is known for model 'gpt2'")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_describe_flags_are_generated_from_the_settings():
+    """describe offers exactly its settings' flags, with the server's names and help."""
+    from neuronpedia_graph.models.describe import DESCRIBE_FIELDS, build_parser
+    from neuronpedia_graph.settings import Settings
+
+    help_text = build_parser().format_help()
+    for field in DESCRIBE_FIELDS:
+        assert Settings.model_fields[field].description in " ".join(help_text.split())
+    assert "--port" not in help_text and "--transcoder-set" in help_text

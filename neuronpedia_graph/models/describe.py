@@ -15,19 +15,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# The settings `describe` takes; its flags are generated from them, as the server's are.
+DESCRIBE_FIELDS = ("transcoder_set", "neuronpedia_model_id", "backend")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="neuronpedia-graph describe",
-        description="Print, as one JSON object, how MODEL would be served (scan, Neuronpedia id, "
-        "transcoder set, backend, source URLs). Loads no weights and uses no network.",
+    from neuronpedia_graph.settings import build_parser as settings_parser
+
+    return settings_parser(
+        "neuronpedia-graph describe",
+        only=DESCRIBE_FIELDS,
+        usage="neuronpedia-graph describe [MODEL] [options]",
+        description="Print, as one JSON object, how MODEL would be served (scan, Neuronpedia "
+        "id, transcoder set, backend, source URLs). Loads no weights and uses no network.",
     )
-    parser.add_argument("model", nargs="?", default=None, help="as for the server (env MODEL_ID)")
-    parser.add_argument("--transcoder-set", help="as for the server (env TRANSCODER_SET)")
-    parser.add_argument("--neuronpedia-id", help="as for the server (env NEURONPEDIA_MODEL_ID)")
-    parser.add_argument("--backend", help="nnsight | transformerlens (env BACKEND)")
-    parser.add_argument("--env-file", default=None, help="path of the .env file (default ./.env)")
-    return parser
 
 
 def describe(model_args: Sequence[str]) -> dict[str, Any]:
@@ -46,17 +47,8 @@ def describe(model_args: Sequence[str]) -> dict[str, Any]:
     from neuronpedia_graph.models.spec import resolve_spec
     from neuronpedia_graph.settings import load_settings
 
-    args = build_parser().parse_args(list(model_args))
-    forwarded: list[str] = [args.model] if args.model else []
-    for flag, value in (
-        ("--transcoder-set", args.transcoder_set),
-        ("--neuronpedia-id", args.neuronpedia_id),
-        ("--backend", args.backend),
-        ("--env-file", args.env_file),
-    ):
-        if value is not None:
-            forwarded += [flag, value]
-    spec = resolve_spec(load_settings(forwarded))
+    build_parser().parse_args(list(model_args))  # only describe's flags; --help exits here
+    spec = resolve_spec(load_settings(model_args))
     transcoder_ref = (
         str(Path(spec.transcoder_ref).expanduser().resolve())
         if spec.transcoder_is_local
