@@ -10,15 +10,16 @@ prune_and_score` derives the scores from the prune's own influence instead. This
 the prune benchmark's medium graph (testkit/synthetic.py, 11,738 nodes):
 
 1. Time, in this process, alternately after one warm-up each, medians of `--reps`:
-   compute_graph_scores alone (what scoring would add to a prune with the library call), our
-   prune alone, and our prune with the scores (the difference is what scoring costs us).
+   compute_graph_scores (what scoring costs with the library call), our scoring step alone
+   (given what our prune computed; what scoring adds to every graph), and our prune itself,
+   for scale.
 2. Peak memory, each in a fresh child process: the resident high-water mark above the level
-   before the call (see bench/prune.py), for the same three calls.
+   before the call (see bench/prune.py); for our scoring step, the level after the prune.
 3. Equality: our scores against compute_graph_scores, exactly.
 
 The last line is machine-readable: `n_nodes=<N> library_s=<compute_graph_scores, median s>
-library_peak_mib=<its peak extra MiB> ours_extra_s=<prune_and_score - prune_graph, s>
-ours_extra_peak_mib=<prune_and_score - prune_graph peak extra, MiB> identical=<true|false>`.
+library_peak_mib=<its peak extra MiB> ours_s=<our scoring step, median s>
+ours_peak_mib=<its peak extra MiB> prune_s=<our prune, median s> identical=<true|false>`.
 """
 
 from __future__ import annotations
@@ -50,31 +51,40 @@ from testkit.synthetic import GraphSpec, make_graph
 NODE_THRESHOLD = 0.8
 EDGE_THRESHOLD = 0.98
 MIB = 1 << 20
-CALLS = ("library scores", "our prune", "our prune + scores")
+CALLS = ("library scores", "our scores", "our prune")
 
 
-def call(name: str, graph: Any) -> tuple[float, float] | None:
-    """Run one of CALLS; the scores where it computes them."""
+def call(name: str, graph: Any, pruned: Any = None) -> tuple[float, float] | None:
+    """Run one of CALLS (our scores from `pruned`, our prune's intermediates); the scores
+    where it computes them."""
+    from neuronpedia_graph import prune
+
     if name == "library scores":
         from circuit_tracer.graph import compute_graph_scores
 
         return compute_graph_scores(graph)
-    from neuronpedia_graph.prune import prune_and_score, prune_graph
+    if name == "our scores":
+        return tuple(prune._scores(graph, pruned))
+    prune._prune(graph, NODE_THRESHOLD, EDGE_THRESHOLD)
+    return None
 
-    if name == "our prune":
-        prune_graph(graph, NODE_THRESHOLD, EDGE_THRESHOLD)
-        return None
-    return tuple(prune_and_score(graph, NODE_THRESHOLD, EDGE_THRESHOLD)[1])
+
+def intermediates(graph: Any) -> Any:
+    from neuronpedia_graph import prune
+
+    return prune._prune(graph, NODE_THRESHOLD, EDGE_THRESHOLD)
 
 
 def _peak_child(spec: GraphSpec, name: str, connection: Any) -> None:
     graph = resident_graph(spec)
-    call(name, make_graph(replace(spec, n_pos=2, n_features=4)))  # imports, first calls
+    warm = make_graph(replace(spec, n_pos=2, n_features=4))
+    call(name, warm, intermediates(warm))  # imports, first calls
+    pruned = intermediates(graph) if name == "our scores" else None
     settle()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = proc_status_bytes("VmRSS")
-    call(name, graph)
+    call(name, graph, pruned)
     connection.send(proc_status_bytes("VmHWM") - before)
 
 
@@ -100,40 +110,37 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; N={n_nodes}", flush=True)
 
     graph = resident_graph(spec)
-    results = {name: call(name, graph) for name in CALLS}  # warm-up
+    pruned = intermediates(graph)
+    results = {name: call(name, graph, pruned) for name in CALLS}  # warm-up
     seconds: dict[str, list[float]] = {name: [] for name in CALLS}
     for _ in range(args.reps):
         for name in CALLS:
             settle()
             start = time.perf_counter()
-            results[name] = call(name, graph)
+            results[name] = call(name, graph, pruned)
             seconds[name].append(time.perf_counter() - start)
-    identical = results["our prune + scores"] == results["library scores"]
-    del graph
+    identical = results["our scores"] == results["library scores"]
+    del graph, pruned
     settle()
     peaks = {name: peak_extra(spec, name) for name in CALLS}
 
     adjacency = n_nodes * n_nodes * 4
-    print(f"{'call':<20} {'median s':>9} {'peak extra MiB':>15} {'x adjacency':>12}")
+    medians = {name: statistics.median(seconds[name]) for name in CALLS}
+    print(f"{'call':<16} {'median s':>9} {'peak extra MiB':>15} {'x adjacency':>12}")
     for name in CALLS:
-        median = statistics.median(seconds[name])
         print(
-            f"{name:<20} {median:>9.2f} {peaks[name] / MIB:>15.0f} {peaks[name] / adjacency:>12.2f}"
+            f"{name:<16} {medians[name]:>9.3f} {peaks[name] / MIB:>15.0f} "
+            f"{peaks[name] / adjacency:>12.3f}"
         )
-    library_s = statistics.median(seconds["library scores"])
-    ours_s = statistics.median(seconds["our prune + scores"]) - statistics.median(
-        seconds["our prune"]
-    )
-    ours_peak = peaks["our prune + scores"] - peaks["our prune"]
     print(
-        f"scores: library {results['library scores']}, ours {results['our prune + scores']}; "
-        f"scoring adds {ours_s:.2f}s and {ours_peak / MIB:.0f} MiB to our prune, against "
-        f"{library_s:.2f}s and {peaks['library scores'] / MIB:.0f} MiB for the library call"
+        f"scores: library {results['library scores']}, ours {results['our scores']}; "
+        f"identical={identical}"
     )
     print(
-        f"n_nodes={n_nodes} library_s={library_s:.3f} "
-        f"library_peak_mib={peaks['library scores'] / MIB:.0f} ours_extra_s={ours_s:.3f} "
-        f"ours_extra_peak_mib={ours_peak / MIB:.0f} identical={str(identical).lower()}"
+        f"n_nodes={n_nodes} library_s={medians['library scores']:.3f} "
+        f"library_peak_mib={peaks['library scores'] / MIB:.0f} "
+        f"ours_s={medians['our scores']:.3f} ours_peak_mib={peaks['our scores'] / MIB:.0f} "
+        f"prune_s={medians['our prune']:.3f} identical={str(identical).lower()}"
     )
 
 

@@ -138,15 +138,26 @@ def prune_and_score(
     Raises:
         ValueError, RuntimeError: as `prune_graph`.
     """
-    from neuronpedia_graph.scores import scores_from_influence
-
     _check_thresholds(node_threshold, edge_threshold)
     pruned = _prune(graph, node_threshold, edge_threshold)
-    row_sums = pruned.row_sums
-    if row_sums is None:  # the dense route normalized the matrix itself
-        with _Lean(graph.adjacency_matrix.device, dense=False):
-            row_sums, _ = _row_sums(graph.adjacency_matrix, None, None)
-    return pruned.result, scores_from_influence(graph, pruned.node_influence, row_sums)
+    return pruned.result, _scores(graph, pruned)
+
+
+def _scores(graph: Graph, pruned: _Pruned) -> GraphScores:
+    """The unpruned graph's scores from what `_prune` computed on the way. The pass over the
+    error columns runs on one thread, as the other block passes (see `_Lean`); the node-sized
+    steps are circuit-tracer's calls on the caller's threads."""
+    from neuronpedia_graph.scores import error_share, scores_from_influence
+
+    adjacency = graph.adjacency_matrix
+    error_start = len(graph.selected_features)
+    error_end = error_start + len(graph.input_tokens) * graph.cfg.n_layers
+    with _Lean(adjacency.device, dense=False):
+        row_sums = pruned.row_sums
+        if row_sums is None:  # the dense route normalized the matrix itself
+            row_sums, _ = _row_sums(adjacency, None, None)
+        share = error_share(adjacency, row_sums, error_start, error_end)
+    return scores_from_influence(graph, pruned.node_influence, share)
 
 
 def _check_thresholds(node_threshold: float, edge_threshold: float) -> None:

@@ -36,7 +36,7 @@ class GraphScores(NamedTuple):
 
 
 def scores_from_influence(
-    graph: Graph, node_influence: torch.Tensor, row_sums: torch.Tensor
+    graph: Graph, node_influence: torch.Tensor, error_fractions: torch.Tensor
 ) -> GraphScores:
     """`compute_graph_scores(graph)` from pruning's intermediate results.
 
@@ -44,7 +44,7 @@ def scores_from_influence(
         graph: the unpruned graph.
         node_influence: `compute_influence(normalize_matrix(A), logit_weights)` of its
             adjacency A (what `neuronpedia_graph.prune` computes first).
-        row_sums: rowsum(|A|), the normalization's denominators before the clamp.
+        error_fractions: `error_share(A, ...)`, each row's share of |A| from error nodes.
 
     Returns:
         (replacement, completeness), as Python floats.
@@ -63,17 +63,22 @@ def scores_from_influence(
     error_influence = node_influence[error_start:error_end].sum()
     replacement = token_influence / (token_influence + error_influence)
 
-    error_share = _error_share(adjacency, row_sums, error_start, error_end)
-    non_error_fractions = 1 - error_share
+    non_error_fractions = 1 - error_fractions
     output_influence = node_influence + logit_weights
     completeness = (non_error_fractions * output_influence).sum() / output_influence.sum()
     return GraphScores(replacement.item(), completeness.item())
 
 
-def _error_share(
+def error_share(
     adjacency: torch.Tensor, row_sums: torch.Tensor, error_start: int, error_end: int
 ) -> torch.Tensor:
-    """Σ_{j∈errors} Â[i, j] for every row i, a block of rows at a time (never N×N)."""
+    """Σ_{j∈errors} Â[i, j] for every row i, a block of rows at a time (never N×N).
+
+    Args:
+        adjacency: the unpruned adjacency A.
+        row_sums: rowsum(|A|), the normalization's denominators before the clamp.
+        error_start, error_end: the error nodes' columns.
+    """
     n = adjacency.shape[0]
     width = error_end - error_start
     denominators = row_sums.clamp(min=_CLAMP_MIN)
