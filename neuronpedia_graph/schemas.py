@@ -245,7 +245,12 @@ class GraphRequest(PromptOrMessages):
     compress: bool = False
     user_id: Annotated[str, Field(max_length=256)] | None = None
     # None: circuit-tracer picks the salient logits (max_n_logits, desired_logit_prob).
-    attribution_targets: TargetsSpec | None = None
+    attribution_targets: TargetsSpec | None = Field(
+        default=None,
+        description="Token strings to attribute to (each exactly one token of the model's "
+        'tokenizer), or {"contrast": [a, b]} for the logit difference a − b; absent: the '
+        "salient logits (max_n_logits, desired_logit_prob)",
+    )
     _targets: ResolvedTargets | None = PrivateAttr(default=None)
 
     @field_validator("signed_url")
