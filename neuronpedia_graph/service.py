@@ -194,7 +194,7 @@ class GraphService:
     def attribute_graph(self, request: GraphRequest, timings: Timings) -> StagedGraph:
         """Attribution, pruning and the JSON document (the model is held)."""
         with timings.phase("attribute"):
-            graph = self.attribute(request)
+            graph = self.attribution_graph(request)
         with timings.phase("prune"):
             graph.to(self.loaded.device)
             (node_mask, edge_mask, cumulative), scores = self.prune_and_score(graph, request)
@@ -219,7 +219,7 @@ class GraphService:
         self._check_size(request, n_links=n_links, n_bytes=len(body))
         return StagedGraph(body=body, nodes=n_nodes, links=n_links, scores=scores)
 
-    def attribute(self, request: GraphRequest) -> Graph:
+    def attribution_graph(self, request: GraphRequest) -> Graph:
         """circuit-tracer's unpruned graph for the request: its prompt, attribution targets
         (the salient logits when it names none) and parameters (the model is held)."""
         model = self.loaded.model
