@@ -9,7 +9,7 @@ UV := $(VENV)/uv/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
 
-.PHONY: install install-dev browser run test lint format bench bench-prune bench-viewer bench-load bench-half-open lock demo-model clean check-full-size
+.PHONY: install install-dev browser run test lint format bench bench-prune bench-scores bench-viewer bench-load bench-half-open lock demo-model clean check-full-size
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,11 @@ check-full-size: install-dev
 # largest graph each prunes within 20 GiB (needs 21 GiB free; under 10 minutes).
 bench-prune: install-dev
 	$(PY) bench/prune.py
+
+# Graph scores derived from the prune against circuit-tracer's compute_graph_scores at 11.7k
+# nodes: time, peak memory, equality (about 2 minutes, children of a few GiB).
+bench-scores: install-dev
+	$(PY) bench/scores.py
 
 # Rebuild the committed demo model and transcoders (byte-identical; about 2.5 min on 2 cores).
 demo-model: install

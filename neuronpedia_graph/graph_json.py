@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from circuit_tracer.graph import Graph
 
     from neuronpedia_graph.models.spec import ModelSpec
-    from neuronpedia_graph.schemas import GraphRequest
+    from neuronpedia_graph.schemas import GraphRequest, ResolvedTargets
+    from neuronpedia_graph.scores import GraphScores
 
 # circuit-tracer's build_model defaults: nothing pinned, no supernodes, nothing clicked.
 _QPARAMS = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
@@ -52,6 +53,8 @@ def graph_metadata(
     tokens: list[str],
     generator_version: str,
     create_time_ms: int,
+    scores: GraphScores,
+    targets: list[str] | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The document's "metadata" object, as the web app reads it.
 
@@ -64,6 +67,10 @@ def graph_metadata(
         tokens: each input token decoded on its own, BOS first.
         generator_version: the circuit-tracer version.
         create_time_ms: creation time, milliseconds since the epoch.
+        scores: the unpruned graph's scores, written as "scores". Never as the web app's
+            `replacement_score` / `completeness_score`: where those are absent it computes its
+            own on the pruned graph, a different quantity, and shows that.
+        targets: `targets_metadata`'s record, written as "attribution_targets" when given.
 
     Returns:
         The metadata mapping.
@@ -97,7 +104,32 @@ def graph_metadata(
     }
     if spec.neuronpedia_source_set:
         metadata["feature_details"] = {"neuronpedia_source_set": spec.neuronpedia_source_set}
+    if targets is not None:
+        metadata["attribution_targets"] = targets
+    metadata["scores"] = {"replacement": scores.replacement, "completeness": scores.completeness}
     return metadata
+
+
+def targets_metadata(
+    targets: ResolvedTargets | None, graph: Graph
+) -> list[str] | dict[str, Any] | None:
+    """How the document records the request's attribution targets (None: the salient logits).
+
+    Token targets: the list of strings, as requested. A contrast: the request's
+    `{"contrast": [a, b]}` plus its logit node's `label` ("a−b") and `node_id`, so a viewer
+    can name that node for what it is. Either can be sent back as `attribution_targets`
+    (unknown keys are ignored) to get the same targets again.
+    """
+    if targets is None:
+        return None
+    if not targets.contrast:
+        return list(targets.tokens)
+    _, vocab_idx = graph.logit_targets[0]
+    return {
+        "contrast": list(targets.tokens),
+        "label": targets.label,
+        "node_id": f"{graph.cfg.n_layers + 1}_{vocab_idx}_{graph.n_pos - 1}",
+    }
 
 
 def count_links(edge_mask: torch.Tensor, node_mask: torch.Tensor) -> int:

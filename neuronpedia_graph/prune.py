@@ -64,13 +64,15 @@ from __future__ import annotations
 import mmap
 from collections.abc import Callable, Iterator
 from itertools import accumulate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
 if TYPE_CHECKING:
     from circuit_tracer.graph import Graph, PruneResult
+
+    from neuronpedia_graph.scores import GraphScores
 
 # Graphs whose adjacency is at most this big take circuit-tracer's dense route (see _Lean).
 _DENSE_BYTES = 16 << 20
@@ -119,14 +121,61 @@ def prune_graph(
         ValueError: a threshold outside [0, 1] (circuit-tracer's check and message).
         RuntimeError: the influence series does not end (a cyclic graph), as circuit-tracer.
     """
+    _check_thresholds(node_threshold, edge_threshold)
+    return _prune(graph, node_threshold, edge_threshold).result
+
+
+def prune_and_score(
+    graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98
+) -> tuple[PruneResult, GraphScores]:
+    """`prune_graph`, plus circuit-tracer's `compute_graph_scores` of the unpruned graph.
+
+    The scores need the unpruned graph's node influence, which pruning computes first anyway,
+    so they cost one more pass over the error columns instead of `compute_graph_scores`' dense
+    normalized copy of the adjacency and its second influence series (see
+    `neuronpedia_graph.scores`).
+
+    Raises:
+        ValueError, RuntimeError: as `prune_graph`.
+    """
+    _check_thresholds(node_threshold, edge_threshold)
+    pruned = _prune(graph, node_threshold, edge_threshold)
+    return pruned.result, _scores(graph, pruned)
+
+
+def _scores(graph: Graph, pruned: _Pruned) -> GraphScores:
+    """The unpruned graph's scores from what `_prune` computed on the way. The pass over the
+    error columns runs on one thread, as the other block passes (see `_Lean`); the node-sized
+    steps are circuit-tracer's calls on the caller's threads."""
+    from neuronpedia_graph.scores import error_share, scores_from_influence
+
+    adjacency = graph.adjacency_matrix
+    error_start = len(graph.selected_features)
+    error_end = error_start + len(graph.input_tokens) * graph.cfg.n_layers
+    with _Lean(adjacency.device, dense=False):
+        row_sums = pruned.row_sums
+        if row_sums is None:  # the dense route normalized the matrix itself
+            row_sums, _ = _row_sums(adjacency, None, None)
+        share = error_share(adjacency, row_sums, error_start, error_end)
+    return scores_from_influence(graph, pruned.node_influence, share)
+
+
+def _check_thresholds(node_threshold: float, edge_threshold: float) -> None:
     if node_threshold > 1.0 or node_threshold < 0.0:
         raise ValueError("node_threshold must be between 0.0 and 1.0")
     if edge_threshold > 1.0 or edge_threshold < 0.0:
         raise ValueError("edge_threshold must be between 0.0 and 1.0")
-    return _prune(graph, node_threshold, edge_threshold)
 
 
-def _prune(graph: Graph, node_threshold: float, edge_threshold: float) -> PruneResult:
+class _Pruned(NamedTuple):
+    """The prune result and what it computed on the unpruned graph on the way."""
+
+    result: PruneResult
+    node_influence: torch.Tensor
+    row_sums: torch.Tensor | None  # rowsum(|A|); None where the dense route skipped them
+
+
+def _prune(graph: Graph, node_threshold: float, edge_threshold: float) -> _Pruned:
     """prune_graph after its argument checks: circuit-tracer's steps 1-5 (module docstring)."""
     from circuit_tracer.graph import PruneResult
 
@@ -149,6 +198,7 @@ def _prune(graph: Graph, node_threshold: float, edge_threshold: float) -> PruneR
             row_sums, layered = _row_sums(adjacency, None, levels)
             level_runs = _level_runs(levels) if layered else None
         node_influence = _influence(adjacency, row_sums, logit_weights, lean, level_runs, None)
+    full_row_sums = row_sums
     node_mask = node_influence >= _find_threshold(node_influence, node_threshold)
     node_mask[-n_logits - n_tokens :] = True
 
@@ -173,7 +223,7 @@ def _prune(graph: Graph, node_threshold: float, edge_threshold: float) -> PruneR
     cumulative_scores = torch.cumsum(sorted_scores, dim=0) / torch.sum(sorted_scores)
     final_scores = torch.zeros_like(node_influence)
     final_scores[sorted_indices] = cumulative_scores
-    return PruneResult(node_mask, edge_mask, final_scores)
+    return _Pruned(PruneResult(node_mask, edge_mask, final_scores), node_influence, full_row_sums)
 
 
 def _find_threshold(scores: torch.Tensor, threshold: float) -> torch.Tensor:

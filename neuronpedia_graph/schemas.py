@@ -21,8 +21,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -76,12 +78,23 @@ class EncodedPrompt:
     unsteerable: frozenset[int] = frozenset()
 
 
+@dataclass(frozen=True)
+class TokenPiece:
+    """One token of a tokenized string: its id, its text, and whether it is the unknown token."""
+
+    id: int
+    text: str
+    unknown: bool = False
+
+
 class PromptEncoder(Protocol):
     """Renders and tokenizes prompts for one loaded model (`neuronpedia_graph.prompts.encoding`)."""
 
     def render(self, messages: list[ChatMessage]) -> str: ...
 
     def encode(self, text: str) -> EncodedPrompt: ...
+
+    def tokenize(self, text: str) -> list[TokenPiece]: ...
 
 
 @dataclass(frozen=True)
@@ -175,6 +188,50 @@ class PromptOrMessages(_Request):
         return self._encoded
 
 
+TargetToken = Annotated[str, Field(min_length=1, max_length=256)]
+# The most token targets one graph takes: as many logit nodes as max_n_logits allows.
+MAX_TOKEN_TARGETS = 50
+# Joins a contrast's two tokens into its label, as in "a−b" (U+2212, not a hyphen: a token
+# may itself hold "-").
+CONTRAST_SIGN = "\u2212"
+
+
+class ContrastTargets(_Request):
+    """Attribute to the logit difference logit(a) − logit(b) of two single tokens."""
+
+    contrast: Annotated[list[TargetToken], Field(min_length=2, max_length=2)]
+
+
+def _targets_kind(value: Any) -> str:
+    """Which form `attribution_targets` takes, so errors speak of that form alone."""
+    return "contrast" if isinstance(value, (dict, ContrastTargets)) else "tokens"
+
+
+TargetsSpec = Annotated[
+    Annotated[list[TargetToken], Field(min_length=1, max_length=MAX_TOKEN_TARGETS), Tag("tokens")]
+    | Annotated[ContrastTargets, Tag("contrast")],
+    Discriminator(_targets_kind),
+]
+
+
+@dataclass(frozen=True)
+class ResolvedTargets:
+    """Validated attribution targets: the tokens as given and their ids, in order.
+
+    `contrast` is True for a logit difference (tokens[0] − tokens[1]), False for a list of
+    token targets.
+    """
+
+    tokens: tuple[str, ...]
+    ids: tuple[int, ...]
+    contrast: bool
+
+    @property
+    def label(self) -> str:
+        """The contrast target's token_str ("a−b"); empty for token targets."""
+        return CONTRAST_SIGN.join(self.tokens) if self.contrast else ""
+
+
 class GraphRequest(PromptOrMessages):
     model_id: ModelId
     slug_identifier: Annotated[str, Field(pattern=SLUG_PATTERN.pattern)]
@@ -187,6 +244,14 @@ class GraphRequest(PromptOrMessages):
     signed_url: Annotated[str, Field(max_length=8192)] | None = None
     compress: bool = False
     user_id: Annotated[str, Field(max_length=256)] | None = None
+    # None: circuit-tracer picks the salient logits (max_n_logits, desired_logit_prob).
+    attribution_targets: TargetsSpec | None = Field(
+        default=None,
+        description="Token strings to attribute to (each exactly one token of the model's "
+        'tokenizer), or {"contrast": [a, b]} for the logit difference a − b; absent: the '
+        "salient logits (max_n_logits, desired_logit_prob)",
+    )
+    _targets: ResolvedTargets | None = PrivateAttr(default=None)
 
     @field_validator("signed_url")
     @classmethod
@@ -209,7 +274,55 @@ class GraphRequest(PromptOrMessages):
                 f"(got {self.max_feature_nodes})",
                 fields=["max_feature_nodes"],
             )
+        if self.attribution_targets is not None:
+            self._targets = _resolve_targets(self.attribution_targets, context.prompts)
         return self
+
+    @property
+    def targets(self) -> ResolvedTargets | None:
+        """The validated attribution targets (None: the salient logits); only requests
+        validated with a RequestContext have them resolved."""
+        if self.attribution_targets is not None and self._targets is None:
+            raise RuntimeError("GraphRequest was validated without a RequestContext")
+        return self._targets
+
+
+def _resolve_targets(
+    targets: list[str] | ContrastTargets, prompts: PromptEncoder
+) -> ResolvedTargets:
+    """Each target must be exactly one known token of the model's tokenizer (tokenized as
+    circuit-tracer tokenizes token targets); tokens must differ, or two logit nodes would
+    share an id (a list) or the difference would be zero (a contrast)."""
+    contrast = isinstance(targets, ContrastTargets)
+    tokens = targets.contrast if isinstance(targets, ContrastTargets) else targets
+    where = "attribution_targets.contrast" if contrast else "attribution_targets"
+    ids: list[int] = []
+    for i, token in enumerate(tokens):
+        pieces = prompts.tokenize(token)
+        if len(pieces) != 1 or pieces[0].unknown:
+            found = (
+                "no tokens"
+                if not pieces
+                else "the unknown token " + repr(pieces[0].text)
+                if len(pieces) == 1
+                else f"{len(pieces)} tokens {[p.text for p in pieces]}"
+            )
+            raise InvalidRequest(
+                f"{where}[{i}]: {token!r} is not exactly one token of this model's tokenizer: "
+                f"it tokenizes to {found}",
+                target=token,
+                tokens=[p.text for p in pieces],
+                token_ids=[p.id for p in pieces],
+            )
+        if pieces[0].id in ids:
+            first = ids.index(pieces[0].id)
+            raise InvalidRequest(
+                f"{where}[{i}]: {token!r} is the same token as {where}[{first}] "
+                f"({tokens[first]!r}); each target must be a different token",
+                target=token,
+            )
+        ids.append(pieces[0].id)
+    return ResolvedTargets(tokens=tuple(tokens), ids=tuple(ids), contrast=contrast)
 
 
 class ForwardPassRequest(PromptOrMessages):

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from circuit_tracer import attribute
 from circuit_tracer.attribution.targets import AttributionTargets
-from circuit_tracer.graph import Graph
+from circuit_tracer.graph import Graph, PruneResult
 from pydantic import BaseModel
 
 from neuronpedia_graph import __version__, graph_json
@@ -48,8 +48,10 @@ from neuronpedia_graph.schemas import (
     UploadResponse,
     parse_request,
 )
+from neuronpedia_graph.scores import GraphScores
 from neuronpedia_graph.settings import Settings
 from neuronpedia_graph.steering import steer
+from neuronpedia_graph.targets import library_targets
 from neuronpedia_graph.upload.queue import Ticket, UploadQueue
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ class StagedGraph:
     body: bytes
     nodes: int
     links: int
+    scores: GraphScores
 
 
 @dataclass
@@ -193,21 +196,11 @@ class GraphService:
     # ------------------------------------------------------------------ graphs
     def attribute_graph(self, request: GraphRequest, timings: Timings) -> StagedGraph:
         """Attribution, pruning and the JSON document (the model is held)."""
-        model = self.loaded.model
-        ids = model.ensure_tokenized(list(request.encoded.ids))
         with timings.phase("attribute"):
-            graph = attribute(
-                ids,
-                model,
-                max_n_logits=request.max_n_logits,
-                desired_logit_prob=request.desired_logit_prob,
-                batch_size=request.batch_size,
-                max_feature_nodes=request.max_feature_nodes,
-                verbose=False,
-            )
+            graph = self.attribution_graph(request)
         with timings.phase("prune"):
             graph.to(self.loaded.device)
-            node_mask, edge_mask, scores = self._prune(graph, request)
+            (node_mask, edge_mask, cumulative), scores = self.prune_and_score(graph, request)
         n_links = graph_json.count_links(edge_mask, node_mask)
         self._check_size(request, n_links=n_links)
         with timings.phase("build_json"):
@@ -218,21 +211,49 @@ class GraphService:
                 tokens=self.decode_each(request.encoded.ids),
                 generator_version=self.ct_version,
                 create_time_ms=int(time.time() * 1000),
+                scores=scores,
+                targets=graph_json.targets_metadata(request.targets, graph),
             )
             body = graph_json.build_graph_json(
-                graph, node_mask, edge_mask, scores, metadata=metadata
+                graph, node_mask, edge_mask, cumulative, metadata=metadata
             )
         n_nodes = int(node_mask.sum())
-        del graph, node_mask, edge_mask, scores
+        del graph, node_mask, edge_mask, cumulative
         self._check_size(request, n_links=n_links, n_bytes=len(body))
-        return StagedGraph(body=body, nodes=n_nodes, links=n_links)
+        return StagedGraph(body=body, nodes=n_nodes, links=n_links, scores=scores)
 
-    def _prune(self, graph: Graph, request: GraphRequest) -> tuple[torch.Tensor, ...]:
+    def attribution_graph(self, request: GraphRequest) -> Graph:
+        """circuit-tracer's unpruned graph for the request: its prompt, attribution targets
+        (the salient logits when it names none) and parameters (the model is held)."""
+        model = self.loaded.model
+        targets = library_targets(request.targets, model.unembed_proj, model.cfg.d_vocab)
+        return attribute(
+            model.ensure_tokenized(list(request.encoded.ids)),
+            model,
+            attribution_targets=targets,
+            max_n_logits=request.max_n_logits,
+            desired_logit_prob=request.desired_logit_prob,
+            batch_size=request.batch_size,
+            max_feature_nodes=request.max_feature_nodes,
+            verbose=False,
+        )
+
+    def prune_and_score(
+        self, graph: Graph, request: GraphRequest
+    ) -> tuple[PruneResult, GraphScores]:
+        """The pruned masks and cumulative influence, and the unpruned graph's scores.
+
+        With PRUNE=lean the scores come from the influence pruning computes anyway; with
+        PRUNE=circuit-tracer both are the library's own calls.
+        """
         if self.settings.prune == "lean":
-            from neuronpedia_graph.prune import prune_graph
-        else:
-            from circuit_tracer.graph import prune_graph
-        return prune_graph(graph, request.node_threshold, request.edge_threshold)
+            from neuronpedia_graph.prune import prune_and_score
+
+            return prune_and_score(graph, request.node_threshold, request.edge_threshold)
+        from circuit_tracer.graph import compute_graph_scores, prune_graph
+
+        pruned = prune_graph(graph, request.node_threshold, request.edge_threshold)
+        return pruned, GraphScores(*compute_graph_scores(graph))
 
     def _check_size(
         self, request: GraphRequest, *, n_links: int, n_bytes: int | None = None
@@ -278,11 +299,14 @@ class GraphService:
         else:
             result.upload = self._upload(request, body, timings, ticket)
         logger.info(
-            "graph slug=%s json_bytes=%d nodes=%d links=%d %s",
+            "graph slug=%s json_bytes=%d nodes=%d links=%d replacement_score=%.6g "
+            "completeness_score=%.6g %s",
             request.slug_identifier,
             len(body),
             n_nodes,
             n_links,
+            staged.scores.replacement,
+            staged.scores.completeness,
             " ".join(f"{k}_ms={v:.1f}" for k, v in timings.phases.items()),
         )
         return result

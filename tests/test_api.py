@@ -317,3 +317,195 @@ def test_repeated_graphs_and_failures_do_not_leak_memory(client, auth):
     from circuit_tracer.graph import Graph
 
     assert not [o for o in gc.get_objects() if type(o) is Graph]
+
+
+# ------------------------------------------------------- attribution targets and scores
+CONTRAST = [" France", " Italy"]
+
+
+def library_graph(model, targets):
+    """The bare library's graph and document for graph_body()'s prompt and parameters."""
+    import json
+
+    from circuit_tracer import attribute
+    from circuit_tracer.graph import prune_graph
+
+    from testkit.reference import reference_document
+
+    body = graph_body()
+    graph = attribute(
+        body["prompt"],
+        model,
+        attribution_targets=targets,
+        batch_size=48,
+        max_feature_nodes=body["max_feature_nodes"],
+        verbose=False,
+    )
+    masks = prune_graph(graph, 0.8, 0.98)
+    doc = reference_document(graph, *masks, slug=body["slug_identifier"], tokenizer=model.tokenizer)
+    return graph, json.loads(json.dumps(doc))
+
+
+def assert_same_nodes_and_links(ours: dict, reference: dict) -> None:
+    assert [n["node_id"] for n in ours["nodes"]] == [n["node_id"] for n in reference["nodes"]]
+    assert ours["nodes"] == reference["nodes"]
+    assert ours["links"] == reference["links"]
+
+
+def post_graph(client, auth, **fields):
+    res = client.post("/generate-graph", json=graph_body(**fields), headers=auth)
+    assert res.status_code == 200, res.get_json()
+    return orjson.loads(res.data)
+
+
+def test_token_targets_give_the_library_graph(client, auth, service, graph_schema):
+    from circuit_tracer.graph import compute_graph_scores
+
+    targets = [" Italy", " France", " Spain"]
+    doc = post_graph(client, auth, attribution_targets=targets)
+    graph, reference = library_graph(service.loaded.model, targets)
+    assert_same_nodes_and_links(doc, reference)
+    logits = [n for n in doc["nodes"] if n["feature_type"] == "logit"]
+    assert [n["clerp"].split('"')[1] for n in logits] == targets  # in the order asked
+    jsonschema.validate(doc, graph_schema)
+    assert doc["metadata"]["attribution_targets"] == targets
+    replacement, completeness = compute_graph_scores(graph)
+    assert doc["metadata"]["scores"] == {"replacement": replacement, "completeness": completeness}
+
+
+def test_contrast_target_gives_the_library_graph_for_the_logit_difference(
+    client, auth, service, graph_schema
+):
+    from circuit_tracer.attribution.targets import CustomTarget
+    from circuit_tracer.graph import compute_graph_scores
+
+    model = service.loaded.model
+    doc = post_graph(client, auth, attribution_targets={"contrast": CONTRAST})
+    a, b = (model.tokenizer.encode(t, add_special_tokens=False)[0] for t in CONTRAST)
+    # nnsight's unembedding is (d_vocab, d_model): a token's direction is its row.
+    assert model.unembed_proj.shape[0] == model.cfg.d_vocab
+    vec = (model.unembed_proj[a] - model.unembed_proj[b]).detach()
+    graph, reference = library_graph(model, [CustomTarget(" France\u2212 Italy", 1.0, vec)])
+    assert_same_nodes_and_links(doc, reference)
+    jsonschema.validate(doc, graph_schema)
+
+    (logit,) = [n for n in doc["nodes"] if n["feature_type"] == "logit"]
+    meta = doc["metadata"]
+    assert meta["attribution_targets"] == {
+        "contrast": CONTRAST,
+        "label": " France\u2212 Italy",
+        "node_id": logit["node_id"],
+    }
+    assert logit["clerp"] == 'Output " France\u2212 Italy" (p=1.000)'
+    replacement, completeness = compute_graph_scores(graph)
+    assert meta["scores"] == {"replacement": replacement, "completeness": completeness}
+
+
+def test_contrast_target_value_is_the_logit_difference(service):
+    """The target's value (its direction · the final residual that attribution linearizes
+    at) equals logit(a) − logit(b) of the model's own logits. The demo model, a Gemma 2, caps
+    its logits (cap · tanh(x / cap)); attribution works before the cap, so the model's
+    logits are uncapped to compare."""
+    import torch
+    from nnsight import save
+
+    from neuronpedia_graph.schemas import ResolvedTargets
+    from neuronpedia_graph.targets import library_targets
+
+    model = service.loaded.model
+    ids = tuple(model.tokenizer.encode(t, add_special_tokens=False)[0] for t in CONTRAST)
+    resolved = ResolvedTargets(tokens=tuple(CONTRAST), ids=ids, contrast=True)
+    (target,) = library_targets(resolved, model.unembed_proj, model.cfg.d_vocab)
+    with torch.no_grad(), model.trace(model.ensure_tokenized(PROMPT)):
+        hidden = save(model.pre_logit_location.output.last_hidden_state)
+        logits = save(model.output.logits)
+    value = float(target.vec @ hidden[0, -1])
+    cap = model.config.final_logit_softcapping
+    uncapped = cap * torch.atanh(logits[0, -1].double() / cap)
+    assert value == pytest.approx(float(uncapped[ids[0]] - uncapped[ids[1]]), rel=1e-5)
+    assert value > 5  # " France" is far above " Italy" after "Paris"
+
+    # The TransformerLens layout, (d_model, d_vocab), gives the same direction.
+    transposed = model.unembed_proj.T.contiguous()
+    (same,) = library_targets(resolved, transposed, model.cfg.d_vocab)
+    assert torch.equal(same.vec, target.vec)
+
+
+@pytest.mark.parametrize(
+    ("targets", "needle", "tokens"),
+    [
+        ([" France", " New York"], "attribution_targets[1]: ' New York' is not exactly one", None),
+        ({"contrast": [" France", "Parisian"]}, "attribution_targets.contrast[1]", ["<unk>"]),
+        ([" France", " France"], "is the same token as attribution_targets[0]", None),
+        ({"contrast": [" Italy", " Italy"]}, "is the same token", None),
+    ],
+)
+def test_targets_that_are_not_one_distinct_token_are_refused(client, auth, targets, needle, tokens):
+    res = client.post("/generate-graph", json=graph_body(attribution_targets=targets), headers=auth)
+    assert res.status_code == 400, res.get_json()
+    body = res.get_json()
+    assert needle in body["error"]
+    if tokens is not None:
+        assert body["tokens"] == tokens and "unknown token" in body["error"]
+    assert_still_serving(client, auth)
+
+
+def test_multi_token_target_names_what_it_tokenizes_to(client, auth, service):
+    # Two known words: what they tokenize to is named, text and ids.
+    res = client.post(
+        "/generate-graph", json=graph_body(attribution_targets=[" Paris is"]), headers=auth
+    )
+    assert res.status_code == 400
+    body = res.get_json()
+    tokenizer = service.loaded.tokenizer
+    assert body["tokens"] == [" Paris", " is"] and body["target"] == " Paris is"
+    assert body["token_ids"] == tokenizer.encode(" Paris is", add_special_tokens=False)
+    assert "it tokenizes to 2 tokens [' Paris', ' is']" in body["error"]
+    assert_still_serving(client, auth)
+
+
+@pytest.mark.parametrize(
+    "targets",
+    ["France", [], [""], ["x"] * 51, {"contrast": [" France"]}, {"contrast": " France"}, [7]],
+)
+def test_malformed_targets_are_422(client, auth, targets):
+    res = client.post("/generate-graph", json=graph_body(attribution_targets=targets), headers=auth)
+    assert res.status_code == 422, res.get_json()
+    assert "attribution_targets" in res.get_json()["error"]
+    assert_still_serving(client, auth)
+
+
+def test_scores_without_targets_are_the_library_scores_and_logged(client, auth, service, caplog):
+    from circuit_tracer.graph import compute_graph_scores
+
+    with caplog.at_level("INFO", logger="neuronpedia_graph.service"):
+        doc = post_graph(client, auth)
+    graph, reference = library_graph(service.loaded.model, None)
+    assert_same_nodes_and_links(doc, reference)
+    meta = doc["metadata"]
+    replacement, completeness = compute_graph_scores(graph)
+    assert meta["scores"] == {"replacement": replacement, "completeness": completeness}
+    assert 0 < completeness <= 1 and 0 < replacement <= 1
+    # The web app computes its own (pruned-graph) scores where these are absent.
+    assert "replacement_score" not in meta and "completeness_score" not in meta
+    assert "attribution_targets" not in meta
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("graph slug=")]
+    assert f"replacement_score={replacement:.6g} completeness_score={completeness:.6g}" in line
+
+
+def test_both_prune_settings_give_the_same_document(service, demo_settings, auth):
+    """PRUNE=circuit-tracer scores with the library's own compute_graph_scores; the lean
+    default derives them from its influence: the documents are the same."""
+    from neuronpedia_graph.operations import BY_NAME
+    from neuronpedia_graph.service import GraphService
+
+    reference = GraphService(
+        service.loaded, demo_settings.model_copy(update={"prune": "circuit-tracer"})
+    )
+    body = graph_body(attribution_targets={"contrast": CONTRAST})
+    docs = [
+        orjson.loads(s.run(BY_NAME["graph"], body).value.document) for s in (service, reference)
+    ]
+    for doc in docs:
+        doc["metadata"]["info"].pop("create_time_ms")
+    assert docs[0] == docs[1]

@@ -283,3 +283,68 @@ def test_benchmark_quick_run_prints_the_machine_readable_line():
     fields = dict(part.split("=") for part in last.split())
     assert set(fields) == {"speedup", "extra_memory_ratio"}
     assert float(fields["speedup"]) > 0 and float(fields["extra_memory_ratio"]) > 0
+
+
+def _metadata_for(graph: Graph, targets: Any) -> dict[str, Any]:
+    from neuronpedia_graph.models.spec import ModelSpec
+    from neuronpedia_graph.schemas import GraphRequest
+    from neuronpedia_graph.scores import GraphScores
+
+    spec = ModelSpec(
+        model_id="demo",
+        model_path="/models/demo",
+        model_is_local=True,
+        transcoder_ref="/models/demo/transcoders",
+        transcoder_is_local=True,
+        scan="demo",
+        neuronpedia_id="demo",
+        backend="nnsight",
+    )
+    request = GraphRequest.model_validate(
+        {"prompt": "p", "model_id": "demo", "slug_identifier": "s"}
+    )
+    return graph_json.graph_metadata(
+        request,
+        spec,
+        prompt=graph.input_string,
+        tokens=[f"w{t}" for t in graph.input_tokens.tolist()],
+        generator_version="0.5.0",
+        create_time_ms=1,
+        scores=GraphScores(0.25, 0.75),
+        targets=graph_json.targets_metadata(targets, graph),
+    )
+
+
+def test_metadata_records_contrast_targets_and_scores(graph_schema: dict):
+    """A contrast is one virtual logit target; the metadata names its node for viewers, and
+    the scores go under "scores", never the web app's replacement_score/completeness_score."""
+    import jsonschema
+
+    from neuronpedia_graph.schemas import ResolvedTargets
+
+    spec = GraphSpec(n_pos=6, n_layers=3, n_features=120, n_logits=1, n_virtual_logits=1)
+    graph, masks = _pruned(spec)
+    contrast = ResolvedTargets(tokens=(" a", " b"), ids=(5, 9), contrast=True)
+    metadata = _metadata_for(graph, contrast)
+    document = _ours(graph, masks, metadata)
+    jsonschema.Draft7Validator(graph_schema).validate(document)
+
+    (logit,) = [n for n in document["nodes"] if n["feature_type"] == "logit"]
+    assert logit["feature"] >= spec.d_vocab
+    meta = document["metadata"]
+    assert meta["attribution_targets"] == {
+        "contrast": [" a", " b"],
+        "label": " a\u2212 b",
+        "node_id": logit["node_id"],
+    }
+    assert meta["scores"] == {"replacement": 0.25, "completeness": 0.75}
+    assert "replacement_score" not in meta and "completeness_score" not in meta
+
+
+def test_metadata_records_token_targets_as_asked(small: tuple[Graph, Masks]):
+    from neuronpedia_graph.schemas import ResolvedTargets
+
+    graph, _ = small
+    tokens = ResolvedTargets(tokens=(" x", " y"), ids=(3, 4), contrast=False)
+    assert _metadata_for(graph, tokens)["attribution_targets"] == [" x", " y"]
+    assert "attribution_targets" not in _metadata_for(graph, None)

@@ -20,6 +20,8 @@ ML_CORE = {
     "neuronpedia_graph.steering",
     "neuronpedia_graph.prune",
     "neuronpedia_graph.graph_json",
+    "neuronpedia_graph.scores",
+    "neuronpedia_graph.targets",
     "neuronpedia_graph.demo.build",
     "neuronpedia_graph.demo.tokenizer",
     "neuronpedia_graph.demo.train",

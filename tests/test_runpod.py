@@ -98,6 +98,19 @@ def test_graph_job_returns_the_same_document_as_http(handler, client, graph_sche
     assert without_create_time(output) == without_create_time(orjson.loads(res.data))
 
 
+def test_graph_job_with_a_contrast_target_matches_http(handler, client, graph_schema):
+    body = graph_body(attribution_targets={"contrast": [" France", " Italy"]})
+    output = handler(job(request_type="graph", **body))
+    assert "error" not in output, output
+    jsonschema.validate(output, graph_schema)
+    meta = output["metadata"]
+    assert meta["attribution_targets"]["contrast"] == [" France", " Italy"]
+    assert set(meta["scores"]) == {"replacement", "completeness"}
+    res = client.post("/generate-graph", json=body, headers=AUTH)
+    assert res.status_code == 200
+    assert without_create_time(output) == without_create_time(orjson.loads(res.data))
+
+
 def test_request_type_defaults_to_graph(handler):
     output = handler(job(**graph_body(slug_identifier="default-type")))
     assert output["metadata"]["slug"] == "default-type"
@@ -158,6 +171,8 @@ def test_steer_job_matches_http(handler, client):
         ("steer", "/steer", steer_body(features="not a list")),
         ("graph", "/generate-graph", graph_body(model_id="google/gemma-2-2b")),
         ("forward-pass", "/forward-pass", {"prompt": PROMPT, "model_id": "gpt2"}),
+        ("graph", "/generate-graph", graph_body(attribution_targets=[" Paris is"])),
+        ("graph", "/generate-graph", graph_body(attribution_targets={"contrast": "a"})),
     ],
 )
 def test_invalid_jobs_fail_with_the_http_message(handler, client, request_type, path, body):

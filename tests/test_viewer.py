@@ -542,3 +542,33 @@ def _no_stale_screenshot() -> Iterator[None]:
     """The copied screenshot is this run's: an old one must not pass for a new one."""
     SCREENSHOT_COPY.unlink(missing_ok=True)
     yield
+
+
+def test_contrast_target_logit_is_labelled_as_a_logit_difference(tab, live_server, tmp_path):
+    """A graph for logit(" France") − logit(" Italy") has one logit node, labelled as that
+    difference (its token in the document is circuit-tracer's label " France− Italy")."""
+    res = requests.post(
+        live_server.base + "/generate-graph",
+        json={
+            "prompt": PARIS,
+            "model_id": "demo",
+            "slug_identifier": "contrast",
+            "max_feature_nodes": 100,
+            "attribution_targets": {"contrast": [" France", " Italy"]},
+        },
+        headers={"x-secret-key": SECRET},
+        timeout=120,
+    )
+    assert res.status_code == 200, res.text
+    doc = res.json()
+    path = tmp_path / "contrast.json"
+    path.write_bytes(res.content)
+    page = tab.page
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector("#status.ok:has-text('Opened contrast.json')")
+    node_id = doc["metadata"]["attribution_targets"]["node_id"]
+    assert page.get_attribute("#node-layer .node.top-logit", "data-id") == node_id
+    assert page.locator(".logit-label").all_text_contents() == [
+        'logit(" France") − logit(" Italy")'
+    ]
+    tab.assert_clean()

@@ -17,7 +17,7 @@ from neuronpedia_graph.prompts.chat import (
     render_chat,
 )
 from neuronpedia_graph.prompts.rules import PromptFormatError, check_prompt_format
-from neuronpedia_graph.schemas import ChatMessage, EncodedPrompt
+from neuronpedia_graph.schemas import ChatMessage, EncodedPrompt, TokenPiece
 
 
 class ModelPrompts:
@@ -58,3 +58,15 @@ class ModelPrompts:
             content_tokens=len(own),
             unsteerable=frozenset(bos_positions(tokenizer, ids, len(body))),
         )
+
+    def tokenize(self, text: str) -> list[TokenPiece]:
+        """`text` tokenized as circuit-tracer tokenizes a token-string attribution target
+        (`tokenizer.encode(text, add_special_tokens=False)`), each token decoded on its own."""
+        tokenizer = self._model.tokenizer
+        unknown = tokenizer.unk_token_id
+        return [
+            TokenPiece(
+                id=i, text=tokenizer.decode([i]), unknown=unknown is not None and i == unknown
+            )
+            for i in tokenizer.encode(text, add_special_tokens=False)
+        ]

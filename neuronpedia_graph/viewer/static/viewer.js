@@ -364,6 +364,15 @@
     return typeof raw.feature === "number" ? raw.feature : null;
   }
 
+  // A logit-difference target (metadata.attribution_targets: {contrast: [a, b], node_id}) is
+  // one logit node whose "token" is the label "a−b": name it for what it is.
+  function contrastLabels(metadata) {
+    const t = metadata.attribution_targets;
+    if (!t || !Array.isArray(t.contrast) || t.contrast.length !== 2 || typeof t.node_id !== "string") return new Map();
+    const [a, b] = t.contrast.map((x) => JSON.stringify(String(x)));
+    return new Map([[t.node_id, `logit(${a}) − logit(${b})`]]);
+  }
+
   function logitToken(clerp) {
     const match = /^Output "([\s\S]*)" \(p=[^)]*\)$/.exec(clerp);
     return match ? match[1] : clerp;
@@ -378,6 +387,7 @@
       throw new Error("not a graph document (it needs 'nodes' and 'links' arrays)");
     }
     const metadata = doc.metadata && typeof doc.metadata === "object" ? doc.metadata : {};
+    const contrasts = contrastLabels(metadata);
     const nodes = [];
     const index = new Map();
     let maxLayer = -1;
@@ -403,6 +413,7 @@
         isTarget: raw.is_target_logit === true,
         clerp,
         token: kind === "logit" ? logitToken(clerp) : null,
+        contrast: kind === "logit" ? contrasts.get(raw.node_id) ?? null : null,
       };
       if (kind === "logit" && node.layerNum !== null) logitLayer = Math.max(logitLayer, node.layerNum);
       if ((kind === "feature" || kind === "error") && node.layerNum !== null) maxLayer = Math.max(maxLayer, node.layerNum);
@@ -567,8 +578,8 @@
       if (node.kind !== "logit") return;
       const x = lay.x[i];
       const y = lay.y[i] - node.r - 4;
-      const text = showToken(node.token);
-      const short = text.length > 12 ? `${text.slice(0, 11)}…` : text;
+      const text = node.contrast ?? showToken(node.token);
+      const short = text.length > 12 && !node.contrast ? `${text.slice(0, 11)}…` : text;
       labels.push(`<text class="logit-label${i === graph.topLogit ? " top" : ""}" data-i="${i}" x="${x}" y="${y}" transform="rotate(-30 ${x} ${y})">${esc(short)}</text>`);
     });
     $("label-layer").innerHTML = labels.join("");
@@ -691,7 +702,8 @@
       ["activation", fmt(node.activation)],
       ["influence", node.influence === null ? "—" : `${fmt(node.influence)} (cumulative; lower = more influential)`],
     ];
-    if (node.kind === "logit") facts.push(["probability", fmt(node.prob)]);
+    if (node.contrast) facts.push(["target", `${node.contrast} (weight ${fmt(node.prob)})`]);
+    else if (node.kind === "logit") facts.push(["probability", fmt(node.prob)]);
     facts.push(["label", node.clerp || "—"]);
     return facts;
   }
