@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from neuronpedia_graph.boot_guard import WORKER_BOOT_ERROR  # gunicorn halts on this exit code
@@ -49,7 +49,10 @@ def build_app(settings: Settings, hooks: Hooks = NO_HOOKS) -> Any:
 
 
 def serve_gunicorn(
-    settings: Settings, worker_class: str | type | None = None, hooks: Hooks = NO_HOOKS
+    settings: Settings,
+    worker_class: str | type | None = None,
+    hooks: Hooks = NO_HOOKS,
+    reread: Callable[[], Settings] | None = None,
 ) -> None:
     """Run gunicorn in this process: one worker, the model loaded inside it.
 
@@ -57,6 +60,7 @@ def serve_gunicorn(
         settings: resolved settings.
         worker_class: override of the buffering worker (benchmarks compare "gthread").
         hooks: the service's hooks (the test kit's holds and faults); none in production.
+        reread: loads the settings again on SIGHUP (`reload_policy`); default: these settings.
     """
     from gunicorn.app.base import BaseApplication
 
@@ -64,10 +68,22 @@ def serve_gunicorn(
     from neuronpedia_graph.api import MAX_BODY_BYTES
     from neuronpedia_graph.boot_guard import BootGuard
     from neuronpedia_graph.loading import ModelLoadError
+    from neuronpedia_graph.reload_policy import (
+        LogLevelChannel,
+        arbiter_class,
+        follow_log_level,
+        run_arbiter,
+    )
     from neuronpedia_graph.upload_queue import install_shutdown_notice
     from neuronpedia_graph.worker import configured_worker
 
     guard = BootGuard()
+    channel = LogLevelChannel(settings.log_level)
+
+    def post_worker_init(_worker: Any) -> None:
+        install_shutdown_notice()
+        follow_log_level(channel)
+
     if worker_class is None:
         worker_class = configured_worker(settings.request_read_timeout, MAX_BODY_BYTES)
 
@@ -79,7 +95,7 @@ def serve_gunicorn(
                 "worker_class": worker_class,
                 # Requests waiting on their upload hold a thread each: give them their own.
                 "threads": settings.threads + settings.upload_workers,
-                "post_worker_init": lambda _worker: install_shutdown_notice(),
+                "post_worker_init": post_worker_init,
                 "timeout": 0,
                 "graceful_timeout": 30,
                 "control_socket_disable": True,
@@ -109,6 +125,9 @@ def serve_gunicorn(
                 sys.exit(WORKER_BOOT_ERROR)
             guard.mark_ready()
             return app
+
+        def run(self) -> None:
+            run_arbiter(self, arbiter_class(settings, reread or (lambda: settings), channel))
 
     GraphServer().run()
 
@@ -151,7 +170,7 @@ def main(argv: Sequence[str] | None = None, *, hooks: Hooks = NO_HOOKS) -> int:
             return 2
         app.run(host=settings.host, port=settings.port, threaded=True)
         return 0
-    serve_gunicorn(settings, hooks=hooks)
+    serve_gunicorn(settings, hooks=hooks, reread=lambda: load_settings(args))
     return 0
 
 
