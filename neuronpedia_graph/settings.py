@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     upload_read_timeout: float = _setting(120.0, "upload read timeout (s)", gt=0)
     upload_retries: int = _setting(3, "upload retries after the first attempt", ge=0, le=10)
     upload_backoff: float = _setting(0.5, "upload retry backoff factor (s)", ge=0)
+    upload_deadline: float = _setting(
+        300.0,
+        "the longest one upload may take in all (s): every attempt, retry wait and 1xx reply",
+        gt=0,
+    )
     upload_allowed_hosts: Annotated[str, AfterValidator(validate_allowed_hosts)] = _setting(
         DEFAULT_ALLOWED_HOSTS,
         "comma-separated hosts signed_url may upload to: names, *.suffix wildcards, IPs or "

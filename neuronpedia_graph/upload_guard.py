@@ -31,7 +31,8 @@ import re
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qsl, urlsplit
 
 DEFAULT_ALLOWED_HOSTS = "*.amazonaws.com,*.r2.cloudflarestorage.com,storage.googleapis.com"
 
@@ -411,4 +412,71 @@ class UploadGuard:
             host_header=host_header,
             addresses=tuple(str(ip) for ip in addresses),
             shown=redact_url(url),
+        )
+
+
+# Presigned query parameters that say when a URL stops working: (date, lifetime, shown as).
+_SIGNED_LIFETIMES = (
+    ("x-amz-date", "x-amz-expires", "X-Amz-Date + X-Amz-Expires"),
+    ("x-goog-date", "x-goog-expires", "X-Goog-Date + X-Goog-Expires"),
+)
+_SIGNED_DATE = re.compile(r"\d{8}T\d{6}Z")
+
+
+def presigned_expiry(url: str) -> tuple[datetime, str] | None:
+    """When a presigned URL stops working, from its signing date plus lifetime, if it says.
+
+    AWS SigV4 (and S3-compatible stores: R2, MinIO, SeaweedFS) write `X-Amz-Date` and
+    `X-Amz-Expires`; Google Cloud Storage V4 writes `X-Goog-Date` and `X-Goog-Expires`.
+
+    Args:
+        url: the presigned URL (its query is read, never returned or shown).
+
+    Returns:
+        (expiry time in UTC, which parameters said so), or None when the URL carries no
+        date and lifetime.
+
+    Raises:
+        UploadURLRefused: the parameters are there but malformed (the store would refuse the
+        URL too); the message names the parameter, never its value.
+    """
+    try:
+        query = {k.lower(): v for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
+    except ValueError:
+        return None
+    for date_key, lifetime_key, shown in _SIGNED_LIFETIMES:
+        if date_key not in query or lifetime_key not in query:
+            continue
+        date_text, lifetime_text = query[date_key], query[lifetime_key]
+        if not _SIGNED_DATE.fullmatch(date_text):
+            raise UploadURLRefused(f"{shown.split(' ')[0]} is not a date like 20261204T120000Z")
+        try:
+            signed = datetime.strptime(date_text, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise UploadURLRefused(f"{shown.split(' ')[0]} is not a valid date") from None
+        if not (lifetime_text.isascii() and lifetime_text.isdigit() and len(lifetime_text) < 10):
+            raise UploadURLRefused(f"{shown.split(' + ')[1]} is not a number of seconds")
+        return signed + timedelta(seconds=int(lifetime_text)), shown
+    return None
+
+
+def check_not_expired(url: str, now: datetime | None = None) -> None:
+    """Refuse a presigned URL whose own date and lifetime say it has expired.
+
+    Args:
+        url: the presigned URL.
+        now: the current time (UTC; default: the clock).
+
+    Raises:
+        UploadURLRefused: it has expired, or its date or lifetime is malformed.
+    """
+    found = presigned_expiry(url)
+    if found is None:
+        return
+    expiry, shown = found
+    now = now or datetime.now(timezone.utc)
+    if now >= expiry:
+        raise UploadURLRefused(
+            f"the presigned URL expired at {expiry.strftime('%Y-%m-%dT%H:%M:%SZ')} ({shown}), "
+            f"{int((now - expiry).total_seconds())} s ago; presign a new one"
         )

@@ -33,7 +33,12 @@ from typing import Any
 
 from neuronpedia_graph.errors import InvalidField, ServerBusy, ServiceError, UploadFailed
 from neuronpedia_graph.upload import UploadError, UploadPolicy, UploadResult, put_graph, spool_graph
-from neuronpedia_graph.upload_guard import UploadGuard, UploadTarget, UploadURLRefused
+from neuronpedia_graph.upload_guard import (
+    UploadGuard,
+    UploadTarget,
+    UploadURLRefused,
+    check_not_expired,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +133,10 @@ class UploadQueue:
 
     # ------------------------------------------------------------------ admission
     def check(self, url: str) -> UploadTarget:
-        """The URL through the SSRF policy, as a 422 naming `signed_url` when refused.
+        """The URL through the expiry check and the SSRF policy, as a 422 naming `signed_url`.
+
+        An expired presigned URL (its `X-Amz-Date` + `X-Amz-Expires`, or the `X-Goog-` pair,
+        are in the past) is refused here, before any work: the upload could only fail.
 
         Args:
             url: the presigned URL.
@@ -137,9 +145,11 @@ class UploadQueue:
             The checked target.
 
         Raises:
-            InvalidField: the policy refused it (the message never contains the query).
+            InvalidField: expired, malformed, or refused by the policy (the message never
+            contains the query).
         """
         try:
+            check_not_expired(url)
             return self.guard.check(url)
         except UploadURLRefused as exc:
             raise InvalidField(
