@@ -13,6 +13,7 @@ and Host header for the original name). Whatever the target sends back is read a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -249,10 +250,8 @@ class _Deadline:
 
 def _cut(sock: socket.socket) -> None:
     """Shut a connection down under whoever is blocked on it (plain socket level, also TLS)."""
-    try:
+    with contextlib.suppress(OSError):
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _watched(connection_cls: type, deadline: _Deadline) -> type:
