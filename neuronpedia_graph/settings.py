@@ -113,8 +113,9 @@ class Settings(BaseSettings):
     )
     upload_allowed_hosts: Annotated[str, AfterValidator(validate_allowed_hosts)] = _setting(
         DEFAULT_ALLOWED_HOSTS,
-        "comma-separated hosts signed_url may upload to: names, *.suffix wildcards, IPs or "
-        "CIDRs (only exact names and IPs may resolve to internal addresses)",
+        "comma-separated hosts signed_url may upload to: names, patterns (*.domain, "
+        "s3.*.amazonaws.com), IPs or CIDRs (only exact names and IPs may resolve to internal "
+        "addresses); default: the S3, R2 and GCS presigned endpoints",
     )
     upload_workers: int = _setting(
         4, "upload slots: graphs uploading at once, each on its own thread", ge=1, le=64
