@@ -149,6 +149,10 @@ def main(argv: Sequence[str] | None = None, *, hooks: Hooks = NO_HOOKS) -> int:
         from neuronpedia_graph.describe import main as describe_main
 
         return describe_main(args[1:])
+    if args[:1] == ["reupload"]:
+        from neuronpedia_graph.reupload import main as reupload_main
+
+        return reupload_main(args[1:])
     try:
         settings = load_settings(args)
         settings.require_secret()

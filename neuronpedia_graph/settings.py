@@ -101,6 +101,15 @@ class Settings(BaseSettings):
     threads: int = _setting(4, "gunicorn request threads", ge=2, le=64)
     torch_threads: int | None = _setting(None, "torch intra-op threads", ge=1)
     spool_dir: Path = _setting(Path("spool"), "where graphs that failed to upload are kept")
+    spool_max_bytes: int = _setting(
+        2 * 1024**3,
+        "the most the spool may hold (bytes); the oldest files go first, never one still "
+        "being uploaded",
+        ge=1,
+    )
+    spool_max_age: float = _setting(
+        7 * 24 * 3600.0, "seconds a spooled graph is kept (default 7 days)", gt=0
+    )
     gzip_level: int = _setting(3, "gzip level 1-9", ge=1, le=9)
     upload_connect_timeout: float = _setting(5.0, "upload connect timeout (s)", gt=0)
     upload_read_timeout: float = _setting(120.0, "upload read timeout (s)", gt=0)
