@@ -162,6 +162,8 @@ def _parse(url: str) -> _Parsed:
     """Check the URL's shape, without any policy or DNS. Raises UploadURLRefused."""
     if not isinstance(url, str) or not url.isascii() or any(c.isspace() for c in url):
         raise UploadURLRefused("must be an ASCII http(s) URL without spaces")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise UploadURLRefused("must not contain control characters")
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. brackets around something that is not an IPv6 address
