@@ -60,6 +60,7 @@ def follow_log_level(channel: LogLevelChannel) -> None:
     Called from gunicorn's ``post_worker_init``, after the worker set its own handlers
     (gunicorn's SIGUSR1 reopens the log files).
     """
+    apply_log_level(channel.get())  # a reload may have come while this worker was loading
     previous = signal.getsignal(signal.SIGUSR1)
 
     def on_usr1(signum: int, frame: FrameType | None) -> None:
