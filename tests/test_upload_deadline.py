@@ -216,3 +216,25 @@ def test_admit_refuses_an_expired_url_with_a_422(demo_settings) -> None:
         queue.admit(fresh).release()  # a URL still valid is admitted
     finally:
         queue.shutdown()
+
+
+def test_a_url_that_expired_while_the_graph_was_computed_is_not_attempted(tmp_path) -> None:
+    """Admitted while valid, expired by upload time: no PUT is sent, the graph is spooled."""
+    from neuronpedia_graph.errors import UploadFailed
+    from neuronpedia_graph.upload_queue import Ticket
+
+    queue = UploadQueue(LOCAL, UploadPolicy(retries=0), tmp_path / "spool", 1)
+    with flaky_target(fail_times=0) as target:
+        url = amz_url(target.url, datetime.now(timezone.utc) - timedelta(seconds=61))
+        # What admit hands over, for a URL that was still valid then: a slot and its target.
+        assert queue._slots.acquire(blocking=False)
+        ticket = Ticket(queue, LOCAL.check(url))
+        with pytest.raises(UploadFailed) as info:
+            queue.deliver(ticket, GRAPH, slug="late", compressed=False)
+        assert target.requests == []
+    assert "upload target refused: the presigned URL expired at" in info.value.message
+    assert SIGNATURE not in info.value.message
+    (kept,) = (tmp_path / "spool").iterdir()
+    assert info.value.extra["spool_file"] == kept.name
+    queue.admit(target.url).release()  # the slot came back
+    queue.shutdown()
