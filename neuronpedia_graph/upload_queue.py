@@ -234,10 +234,15 @@ class UploadQueue:
         """
         if ticket.queue is not self or ticket.target is None:
             raise ValueError("deliver needs a ticket from this queue's admit()")
+        return self._on_pool(ticket, body, slug, compressed, None)
+
+    def _on_pool(
+        self, ticket: Ticket, body: bytes, slug: str, compressed: bool, existing: Path | None
+    ) -> UploadResult:
         try:
-            future = self._executor.submit(self._job, ticket, body, slug, compressed)
+            future = self._executor.submit(self._job, ticket, body, slug, compressed, existing)
         except RuntimeError:  # the pool is shut down (interpreter exit): the graph still counts
-            return self._job(ticket, body, slug, compressed)
+            return self._job(ticket, body, slug, compressed, existing)
         return future.result()
 
     def reupload(self, path: Path, url: str, timeout: float | None = None) -> UploadResult:
@@ -274,7 +279,7 @@ class UploadQueue:
             body = path.read_bytes()
         named = _SPOOL_NAME.fullmatch(path.name)
         slug = named.group(1) if named else path.name.removesuffix(".gz").removesuffix(".json")
-        return self._job(ticket, body, slug, compressed, existing=path)
+        return self._on_pool(ticket, body, slug, compressed, path)
 
     def _job(
         self,
