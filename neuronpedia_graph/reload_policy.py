@@ -117,6 +117,9 @@ def arbiter_class(
             except SettingsError as exc:
                 log.error("SIGHUP: the configuration is invalid now (%s); nothing changed", exc)
                 return
+            except Exception:  # an error here would stop gunicorn's main loop: never that
+                log.exception("SIGHUP: reading the configuration failed; nothing changed")
+                return
             later = [n for n in changed_settings(self.settings, fresh) if n not in RELOADABLE]
             if later:
                 log.warning(
