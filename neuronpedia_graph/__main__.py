@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from neuronpedia_graph.hooks import NO_HOOKS, Hooks
@@ -51,7 +51,10 @@ def build_app(settings: Settings, hooks: Hooks = NO_HOOKS) -> Any:
 
 
 def serve_gunicorn(
-    settings: Settings, worker_class: str | type | None = None, hooks: Hooks = NO_HOOKS
+    settings: Settings,
+    worker_class: str | type | None = None,
+    hooks: Hooks = NO_HOOKS,
+    reread: Callable[[], Settings] | None = None,
 ) -> None:
     """Run gunicorn in this process: one worker, the model loaded inside it.
 
@@ -59,6 +62,7 @@ def serve_gunicorn(
         settings: resolved settings.
         worker_class: override of the buffering worker (benchmarks compare "gthread").
         hooks: the service's hooks (the test kit's holds and faults); none in production.
+        reread: loads the settings again on SIGHUP (`reload_policy`); default: these settings.
     """
     from gunicorn.app.base import BaseApplication
 
@@ -66,10 +70,22 @@ def serve_gunicorn(
     from neuronpedia_graph.models.spec import ModelLoadError
     from neuronpedia_graph.serving.access_log import RedactingLogger
     from neuronpedia_graph.serving.boot_guard import BootGuard
+    from neuronpedia_graph.serving.reload_policy import (
+        LogLevelChannel,
+        arbiter_class,
+        follow_log_level,
+        run_arbiter,
+    )
     from neuronpedia_graph.serving.worker import configured_worker
     from neuronpedia_graph.upload.queue import install_shutdown_notice
 
     guard = BootGuard()
+    channel = LogLevelChannel(settings.log_level)
+
+    def post_worker_init(_worker: Any) -> None:
+        install_shutdown_notice()
+        follow_log_level(channel)
+
     if worker_class is None:
         worker_class = configured_worker(settings.request_read_timeout, MAX_BODY_BYTES)
 
@@ -81,7 +97,7 @@ def serve_gunicorn(
                 "worker_class": worker_class,
                 # Requests waiting on their upload hold a thread each: give them their own.
                 "threads": settings.threads + settings.upload_workers,
-                "post_worker_init": lambda _worker: install_shutdown_notice(),
+                "post_worker_init": post_worker_init,
                 "timeout": 0,
                 "graceful_timeout": 30,
                 "control_socket_disable": True,
@@ -112,6 +128,9 @@ def serve_gunicorn(
             guard.mark_ready()
             return app
 
+        def run(self) -> None:
+            run_arbiter(self, arbiter_class(settings, reread or (lambda: settings), channel))
+
     GraphServer().run()
 
 
@@ -132,6 +151,10 @@ def main(argv: Sequence[str] | None = None, *, hooks: Hooks = NO_HOOKS) -> int:
         from neuronpedia_graph.models.describe import main as describe_main
 
         return describe_main(args[1:])
+    if args[:1] == ["reupload"]:
+        from neuronpedia_graph.upload.reupload import main as reupload_main
+
+        return reupload_main(args[1:])
     try:
         settings = load_settings(args)
         settings.require_secret()
@@ -153,7 +176,7 @@ def main(argv: Sequence[str] | None = None, *, hooks: Hooks = NO_HOOKS) -> int:
             return 2
         app.run(host=settings.host, port=settings.port, threaded=True)
         return 0
-    serve_gunicorn(settings, hooks=hooks)
+    serve_gunicorn(settings, hooks=hooks, reread=lambda: load_settings(args))
     return 0
 
 

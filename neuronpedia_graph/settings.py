@@ -102,15 +102,30 @@ class Settings(BaseSettings):
     threads: int = _setting(4, "gunicorn request threads", ge=2, le=64)
     torch_threads: int | None = _setting(None, "torch intra-op threads", ge=1)
     spool_dir: Path = _setting(Path("spool"), "where graphs that failed to upload are kept")
+    spool_max_bytes: int = _setting(
+        2 * 1024**3,
+        "the most the spool may hold (bytes); the oldest files go first, never one still "
+        "being uploaded",
+        ge=1,
+    )
+    spool_max_age: float = _setting(
+        7 * 24 * 3600.0, "seconds a spooled graph is kept (default 7 days)", gt=0
+    )
     gzip_level: int = _setting(3, "gzip level 1-9", ge=1, le=9)
     upload_connect_timeout: float = _setting(5.0, "upload connect timeout (s)", gt=0)
     upload_read_timeout: float = _setting(120.0, "upload read timeout (s)", gt=0)
     upload_retries: int = _setting(3, "upload retries after the first attempt", ge=0, le=10)
     upload_backoff: float = _setting(0.5, "upload retry backoff factor (s)", ge=0)
+    upload_deadline: float = _setting(
+        300.0,
+        "the longest one upload may take in all (s): every attempt, retry wait and 1xx reply",
+        gt=0,
+    )
     upload_allowed_hosts: Annotated[str, AfterValidator(validate_allowed_hosts)] = _setting(
         DEFAULT_ALLOWED_HOSTS,
-        "comma-separated hosts signed_url may upload to: names, *.suffix wildcards, IPs or "
-        "CIDRs (only exact names and IPs may resolve to internal addresses)",
+        "comma-separated hosts signed_url may upload to: names, patterns (*.domain, "
+        "s3.*.amazonaws.com), IPs or CIDRs (only exact names and IPs may resolve to internal "
+        "addresses); default: the S3, R2 and GCS presigned endpoints",
     )
     upload_workers: int = _setting(
         4, "upload slots: graphs uploading at once, each on its own thread", ge=1, le=64

@@ -357,3 +357,34 @@ def tls_target(
 
     with serve(Handler, target, path, server_cls=Server, url_base=f"https://{host}"):
         yield target
+
+
+@contextlib.contextmanager
+def continue_flood_target(
+    interval: float = 2.0, path: str = "/bucket/graph.json"
+) -> Iterator[Target]:
+    """Read the PUT's body, then answer `100 Continue` every `interval` seconds, never more.
+
+    Each interim reply is a complete response head, so a client's per-read timeout is never
+    reached: only an overall deadline ends the upload. Closing the target drops the connection.
+    """
+    closed = threading.Event()
+    target = Target(url="")
+
+    class Handler(QuietHandler):
+        def do_PUT(self) -> None:
+            _record(self, target)
+            try:
+                while not closed.is_set():
+                    self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    self.wfile.flush()
+                    closed.wait(interval)
+            except OSError:
+                pass  # the client gave up and closed the connection
+            self.close_connection = True
+
+    with serve(Handler, target, path):
+        try:
+            yield target
+        finally:
+            closed.set()

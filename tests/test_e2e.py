@@ -105,12 +105,12 @@ def test_tampered_url_gives_502_and_keeps_the_graph(live_server, s3, tmp_path):
     assert_serves(live_server)
 
 
-def test_expired_url_gives_502(live_server, s3):
+def test_expired_url_gives_422_before_any_work(live_server, s3):
     url = s3.presign_put("graphs/expired.json", expires=1)
     time.sleep(2)
     res = post(live_server, "/generate-graph", graph_body(signed_url=url, compress=True))
-    assert res.status_code == 502 and "403" in res.json()["error"]
-    assert res.json()["spool_file"].endswith(".json.gz")
+    assert res.status_code == 422 and "the presigned URL expired at" in res.json()["error"]
+    assert "spool_file" not in res.json()
     assert_serves(live_server)
 
 

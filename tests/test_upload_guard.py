@@ -101,6 +101,8 @@ def test_non_standard_ipv4_is_refused_even_when_its_address_is_allowed() -> None
         ("fe80::1", "a link-local address"),
         ("10.1.2.3", "a private address"),
         ("fd12::1", "a private address"),
+        ("fec0::1", "a site-local address"),
+        ("fefe:1::5", "a site-local address"),
         ("0.0.0.0", "an unspecified address"),
         ("ff02::1", "a multicast address"),
         ("100.64.1.1", "a non-public address"),
@@ -117,40 +119,103 @@ def test_address_classification(ip: str, problem: str | None) -> None:
 # --- the allowlist -------------------------------------------------------------------------
 
 
-def test_default_allowlist_is_the_web_apps_storage_hosts() -> None:
-    assert DEFAULT_ALLOWED_HOSTS == (
-        "*.amazonaws.com,*.r2.cloudflarestorage.com,storage.googleapis.com"
-    )
-    assert Settings().upload_allowed_hosts == DEFAULT_ALLOWED_HOSTS
-    dns = FakeDns(
-        {
-            "bucket.s3.us-east-1.amazonaws.com": ["52.216.1.1"],
-            "acct.r2.cloudflarestorage.com": ["104.18.1.1"],
-            "storage.googleapis.com": ["142.250.1.1", "2607:f8b0::1"],
-        }
-    )
-    guard = UploadGuard(resolver=dns)
+# Every presigned endpoint form the stores' SDKs write, with a public address to resolve to.
+STORE_ENDPOINTS = [
+    "s3.amazonaws.com",  # path-style, global
+    "bucket.s3.amazonaws.com",  # virtual-hosted, global
+    "my.dotted.bucket.s3.amazonaws.com",  # a bucket name with dots
+    "s3.us-west-2.amazonaws.com",  # path-style, regional
+    "bucket.s3.us-west-2.amazonaws.com",  # virtual-hosted, regional
+    "s3-us-west-2.amazonaws.com",  # legacy dash-region, path-style
+    "bucket.s3-us-west-2.amazonaws.com",  # legacy dash-region, virtual-hosted
+    "s3-external-1.amazonaws.com",
+    "s3.dualstack.eu-central-1.amazonaws.com",  # dualstack, path-style
+    "bucket.s3.dualstack.eu-central-1.amazonaws.com",  # dualstack, virtual-hosted
+    "s3-fips.us-east-1.amazonaws.com",
+    "bucket.s3-fips.us-east-1.amazonaws.com",
+    "s3-fips.dualstack.us-east-1.amazonaws.com",
+    "bucket.s3-fips.dualstack.us-east-1.amazonaws.com",
+    "bucket.s3-accelerate.amazonaws.com",  # Transfer Acceleration
+    "bucket.s3-accelerate.dualstack.amazonaws.com",
+    "s3.cn-north-1.amazonaws.com.cn",  # China partition
+    "bucket.s3.cn-north-1.amazonaws.com.cn",
+    "0123456789abcdef0123456789abcdef.r2.cloudflarestorage.com",  # R2 account, path-style
+    "bucket.0123456789abcdef0123456789abcdef.r2.cloudflarestorage.com",  # R2 virtual-hosted
+    "0123456789abcdef0123456789abcdef.eu.r2.cloudflarestorage.com",  # R2 jurisdiction
+    "storage.googleapis.com",  # GCS path-style
+    "bucket.storage.googleapis.com",  # GCS virtual-hosted
+]
+# Names anyone can rent or register, and near misses of the store endpoints.
+LOOKALIKES = [
+    "ec2-1-2-3-4.compute-1.amazonaws.com",  # EC2 public DNS (us-east-1)
+    "ec2-1-2-3-4.us-west-2.compute.amazonaws.com",  # EC2 public DNS (other regions)
+    "my-lb-1234567890.us-east-1.elb.amazonaws.com",  # a load balancer
+    "abcdef1234.execute-api.us-east-1.amazonaws.com",  # an API gateway
+    "abc.cloudfront.net",
+    "amazonaws.com",
+    "evil.amazonaws.com",
+    "evils3.amazonaws.com",
+    "s3.amazonaws.com.evil.net",
+    "bucket.s3.amazonaws.com.evil.net",
+    "s3.us-west-2.evil.amazonaws.com.evil.net",
+    "s3.a.b.amazonaws.com",  # a regional `*` is one label, never more
+    "bucket.xs3.us-west-2.amazonaws.com",
+    "s3.amazonaws.co",
+    "s3.us-west-2.amazonaws.com.cn.evil.net",
+    "r2.cloudflarestorage.com",
+    "evilr2.cloudflarestorage.com",
+    "r2.cloudflarestorage.com.evil.net",
+    "storage.googleapis.com.evil.net",
+    "evilstorage.googleapis.com",
+    "googleapis.com",
+    "www.googleapis.com",
+    "52.216.1.1",  # a public IP, but not listed
+]
 
-    for url, addresses in [
-        ("https://bucket.s3.us-east-1.amazonaws.com/g.json", ("52.216.1.1",)),
-        ("https://acct.r2.cloudflarestorage.com/b/g.json", ("104.18.1.1",)),
-        ("https://storage.googleapis.com/b/g.json", ("142.250.1.1", "2607:f8b0::1")),
-    ]:
-        assert guard.check(f"{url}?{SIGNATURE}").addresses == addresses
-    for url in (
-        "https://amazonaws.com/x",  # the wildcard needs a label before the suffix
-        "https://evilamazonaws.com/x",
-        "https://amazonaws.com.evil.net/x",
-        "https://storage.googleapis.com.evil.net/x",
-        "https://sub.storage.googleapis.com/x",
-        "https://52.216.1.1/x",  # a public IP, but not listed
-    ):
-        assert "not an allowed upload host" in refused(guard, f"{url}?{SIGNATURE}")
-    assert dns.lookups == [
-        "bucket.s3.us-east-1.amazonaws.com",
-        "acct.r2.cloudflarestorage.com",
-        "storage.googleapis.com",
-    ]  # refused hosts are never looked up
+
+@pytest.mark.parametrize("host", STORE_ENDPOINTS)
+def test_default_allowlist_admits_every_store_endpoint_form(host: str) -> None:
+    guard = UploadGuard(resolver=FakeDns({host: ["52.216.1.1"]}))
+    target = guard.check(f"https://{host}/bucket/g.json?{SIGNATURE}")
+    assert target.addresses == ("52.216.1.1",) and target.host == host
+
+
+@pytest.mark.parametrize("host", LOOKALIKES)
+def test_default_allowlist_refuses_rentable_and_lookalike_hosts(host: str) -> None:
+    dns = FakeDns({host: ["52.216.1.1"]})
+    message = refused(UploadGuard(resolver=dns), f"https://{host}/bucket/g.json?{SIGNATURE}")
+    assert "not an allowed upload host" in message
+    assert dns.lookups == []  # refused hosts are never looked up
+
+
+def test_default_allowlist_is_the_settings_default() -> None:
+    assert Settings().upload_allowed_hosts == DEFAULT_ALLOWED_HOSTS
+    assert "*.amazonaws.com" not in DEFAULT_ALLOWED_HOSTS.split(",")
+
+
+def test_store_endpoints_must_still_resolve_to_public_addresses() -> None:
+    dns = FakeDns({"bucket.s3.us-east-1.amazonaws.com": ["169.254.169.254"]})
+    message = refused(UploadGuard(resolver=dns), "https://bucket.s3.us-east-1.amazonaws.com/g")
+    assert "resolves to a cloud metadata address" in message
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matches", "misses"),
+    [
+        ("*.example.com", ["a.example.com", "a.b.example.com"], ["example.com", "aexample.com"]),
+        ("s3.*.example.com", ["s3.x.example.com"], ["s3.x.y.example.com", "s3.example.com"]),
+        ("s3-*.example.com", ["s3-x.example.com"], ["s3-x.y.example.com", "s3.example.com"]),
+        ("*.s3.*.example.com", ["b.c.s3.x.example.com"], ["s3.x.example.com", "b.s3.example.com"]),
+        ("files.example.com", ["files.example.com"], ["a.files.example.com"]),
+    ],
+)
+def test_pattern_syntax(pattern: str, matches: list[str], misses: list[str]) -> None:
+    hosts = {h: ["93.184.216.34"] for h in matches + misses}
+    guard = UploadGuard(pattern, FakeDns(hosts))
+    for host in matches:
+        assert guard.check(f"https://{host}/k").host == host
+    for host in misses:
+        assert "not an allowed upload host" in refused(guard, f"https://{host}/k")
 
 
 def test_a_wildcard_host_must_resolve_to_public_addresses_only() -> None:
@@ -162,7 +227,7 @@ def test_a_wildcard_host_must_resolve_to_public_addresses_only() -> None:
             "empty.amazonaws.com": [],
         }
     )
-    guard = UploadGuard(resolver=dns)
+    guard = UploadGuard("*.amazonaws.com", resolver=dns)
 
     assert "resolves to a cloud metadata address" in refused(guard, "https://meta.amazonaws.com/")
     assert "resolves to a private address" in refused(guard, "https://mapped.amazonaws.com/")
@@ -194,7 +259,20 @@ def test_lone_star_allows_public_hosts_only() -> None:
 
 
 @pytest.mark.parametrize(
-    "entry", ["*.", "exa mple.com", "2130706433", "10.0.0.0/33", "10.0.0.1/8", "ftp://x", "a..b"]
+    "entry",
+    [
+        "*.",
+        "exa mple.com",
+        "2130706433",
+        "10.0.0.0/33",
+        "10.0.0.1/8",
+        "ftp://x",
+        "a..b",
+        "example.*",  # the last label is never a pattern
+        "s3.**.example.com",
+        "a*b*c.example.com",
+        "*.*",
+    ],
 )
 def test_bad_allowlist_entries_fail_at_startup(entry: str) -> None:
     with pytest.raises(SettingsError, match="UPLOAD_ALLOWED_HOSTS"):

@@ -31,6 +31,11 @@ def create_app(service: GraphService, secret: str | None = None) -> Flask:
     from neuronpedia_graph.metrics import Metrics
 
     app = Flask("neuronpedia_graph")
+    # Never redirect: werkzeug's slash redirects (`/viewer//x`, `/health/`) answer 308 with an
+    # HTML body and a Location built from the client's Host header, and bypass the JSON error
+    # handlers. Without them a non-matching path is a JSON 404 like any other.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["npg_service"] = service
     auth.init_app(app, secret if secret is not None else service.settings.require_secret())

@@ -15,6 +15,8 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
+from neuronpedia_graph.logging_setup import SafeLogFilter
+
 REDACTED = "[redacted]"
 # Request headers (lower case, as gunicorn's `{name}i` atoms) whose values are never logged.
 SECRET_HEADERS = frozenset({"x-secret-key", "authorization", "proxy-authorization", "cookie"})
@@ -26,7 +28,15 @@ def _strip_query(target: str) -> str:
 
 
 class RedactingLogger(Logger):  # type: ignore[misc]
-    """gunicorn's Logger with query strings and credential headers removed from access atoms."""
+    """gunicorn's Logger with query strings and credential headers removed from access atoms,
+    and every line (access and error log) passed through `SafeLogFilter`."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if not any(isinstance(f, SafeLogFilter) for f in handler.filters):
+                    handler.addFilter(SafeLogFilter())
 
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> Any:
         atoms = super().atoms(resp, req, environ, request_time)

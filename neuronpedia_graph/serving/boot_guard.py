@@ -9,8 +9,10 @@ exits with its boot-error code (our loader does that for exceptions it reports),
 
 The guard is one byte of anonymous shared memory, created in the master before the fork: the
 master clears it before forking a worker, the worker sets it once the model is ready, and the
-master's `child_exit` hook halts the server with an `error:` line when a worker exits with the
-byte still clear. A worker that loads fine and dies later is restarted as before.
+master's `child_exit` hook halts the server with an `error:` line when the newest worker (the
+one the byte describes) exits with the byte still clear. A worker that loads fine and dies later
+is restarted as before, and an older worker that exits normally while a newer one loads (a
+reload in stock gunicorn) is not mistaken for the newer one dying.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class BootGuard:
         """
         if self.ready or not getattr(arbiter, "LISTENERS", None):
             return  # it had loaded (restart it), or the server is shutting down anyway
+        if getattr(worker, "age", None) != getattr(arbiter, "worker_age", None):
+            return  # an older worker: the flag describes the newest one, still loading
         from gunicorn.errors import HaltServer
 
         print(

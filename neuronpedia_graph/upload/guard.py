@@ -6,15 +6,24 @@ inside its own network. Without a policy that is server-side request forgery: cl
 spelling the resolver accepts (`2130706433`, `0x7f.1`, `0177.0.0.1`, `::ffff:a9fe:a9fe`). So:
 
 1. The URL's host must match ``UPLOAD_ALLOWED_HOSTS``. Entries are exact names
-   (``minio.internal``), wildcards (``*.amazonaws.com`` matches any name ending in
-   ``.amazonaws.com``; a lone ``*`` matches every host), IP addresses (``127.0.0.1``) or
-   networks (``10.0.0.0/8``). IPv4 written in any form but dotted decimal is refused outright:
-   libc resolves ``2130706433`` to 127.0.0.1, which a string allowlist would not see.
+   (``minio.internal``), patterns, IP addresses (``127.0.0.1``) or networks (``10.0.0.0/8``).
+   In a pattern a leading ``*.`` stands for one or more whole labels (``*.example.com``: any
+   name ending in ``.example.com``, e.g. a bucket name with dots in it), and any other ``*``
+   for one or more characters inside a single label, never a dot (``s3.*.amazonaws.com``
+   matches ``s3.us-east-1.amazonaws.com`` but not ``s3.a.b.amazonaws.com``;
+   ``s3-*.amazonaws.com`` matches ``s3-us-west-2.amazonaws.com``). A lone ``*`` matches every
+   host; the last label is never a pattern. The default admits the object stores' presigned
+   endpoints only (`DEFAULT_ALLOWED_HOSTS`), not every name under ``amazonaws.com``: EC2
+   public names (``ec2-1-2-3-4.compute-1.amazonaws.com``), load balancers and API gateways
+   live there too, and anyone can rent one. IPv4 written in any form but dotted decimal is
+   refused outright: libc resolves ``2130706433`` to 127.0.0.1, which a string allowlist
+   would not see.
 2. The host is resolved once, and every address must be public (not loopback, private,
-   link-local, shared, multicast, reserved or a cloud metadata address, also when embedded
-   in IPv6 as IPv4-mapped, NAT64 or 6to4), unless the host is *explicitly* allowed: it matched
-   an exact name entry, or the address lies in an IP or network entry. A wildcard never
-   allows a private address, so a name under it cannot be pointed inside.
+   link-local, site-local (``fec0::/10``), shared, multicast, reserved or a cloud metadata
+   address, also when embedded in IPv6 as IPv4-mapped, NAT64 or 6to4), unless the host is
+   *explicitly* allowed: it matched an exact name entry, or the address lies in an IP or
+   network entry. A pattern never allows a private address, so a name under it cannot be
+   pointed inside.
 3. The upload connects to an address from that same check (`UploadTarget.addresses`), so a
    second DNS answer (rebinding) can never swap it; TLS still verifies the certificate and
    sends SNI for the original name, and the Host header is the original host, which the
@@ -31,9 +40,36 @@ import re
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qsl, urlsplit
 
-DEFAULT_ALLOWED_HOSTS = "*.amazonaws.com,*.r2.cloudflarestorage.com,storage.googleapis.com"
+# The presigned PUT endpoints of S3, R2 and GCS, in every form their SDKs write (docs/uploads.md
+# lists them with examples): S3 path-style and virtual-hosted, global, regional (dot and legacy
+# dash forms), dualstack, FIPS and Transfer Acceleration, and the China partition; R2 accounts
+# (and jurisdictions); GCS path-style and virtual-hosted.
+S3_ENDPOINTS = (
+    "s3.amazonaws.com",
+    "*.s3.amazonaws.com",
+    "s3.*.amazonaws.com",
+    "*.s3.*.amazonaws.com",
+    "s3.dualstack.*.amazonaws.com",
+    "*.s3.dualstack.*.amazonaws.com",
+    "s3-*.amazonaws.com",
+    "*.s3-*.amazonaws.com",
+    "s3-fips.*.amazonaws.com",
+    "*.s3-fips.*.amazonaws.com",
+    "s3-fips.dualstack.*.amazonaws.com",
+    "*.s3-fips.dualstack.*.amazonaws.com",
+    "*.s3-accelerate.dualstack.amazonaws.com",
+    "s3.*.amazonaws.com.cn",
+    "*.s3.*.amazonaws.com.cn",
+)
+OTHER_STORE_ENDPOINTS = (
+    "*.r2.cloudflarestorage.com",
+    "storage.googleapis.com",
+    "*.storage.googleapis.com",
+)
+DEFAULT_ALLOWED_HOSTS = ",".join(S3_ENDPOINTS + OTHER_STORE_ENDPOINTS)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -126,6 +162,8 @@ def _parse(url: str) -> _Parsed:
     """Check the URL's shape, without any policy or DNS. Raises UploadURLRefused."""
     if not isinstance(url, str) or not url.isascii() or any(c.isspace() for c in url):
         raise UploadURLRefused("must be an ASCII http(s) URL without spaces")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise UploadURLRefused("must not contain control characters")
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. brackets around something that is not an IPv6 address
@@ -218,6 +256,8 @@ def address_problem(ip: IPAddress) -> str | None:
             return "an unspecified address"
         if candidate.is_multicast:
             return "a multicast address"
+        if candidate.version == 6 and candidate.is_site_local:
+            return "a site-local address"  # fec0::/10: deprecated, still routed inside some sites
         if candidate.is_private:
             return "a private address"
         if candidate.is_reserved or not candidate.is_global:
@@ -236,12 +276,39 @@ def _plain(ip: IPAddress) -> IPAddress:
     return ip
 
 
+_PATTERN_LABEL = re.compile(r"[a-z0-9_-]*\*?[a-z0-9_-]*")
+
+
+def _pattern_regex(name: str) -> re.Pattern[str]:
+    """A host pattern as a regex over lower-case names (the syntax in the module docstring)."""
+    labels = name.split(".")
+    prefix = ""
+    if labels[0] == "*" and len(labels) > 1:
+        prefix = r"(?:[a-z0-9_-]+\.)+"
+        labels = labels[1:]
+    parts = [re.escape(label).replace(r"\*", "[a-z0-9_-]+") for label in labels]
+    return re.compile(prefix + r"\.".join(parts))
+
+
+def _valid_pattern(name: str) -> bool:
+    labels = name.split(".")
+    body = labels[1:] if labels[0] == "*" and len(labels) > 1 else labels
+    if not body or "*" in body[-1]:
+        return False  # the last label is always literal
+    for label in body:
+        if label.count("*") > 1 or not _PATTERN_LABEL.fullmatch(label):
+            return False
+        if not _LABEL.fullmatch(label.replace("*", "a")):
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class AllowList:
     """Parsed UPLOAD_ALLOWED_HOSTS (see the module docstring for the entry forms)."""
 
     names: frozenset[str]
-    suffixes: tuple[str, ...]  # ".amazonaws.com" for "*.amazonaws.com"
+    patterns: tuple[re.Pattern[str], ...]
     any_host: bool
     networks: tuple[IPNetwork, ...]
 
@@ -250,7 +317,7 @@ class AllowList:
         """Parse a comma-separated string (or a list) of entries.
 
         Args:
-            text: e.g. ``"*.amazonaws.com, minio.internal, 127.0.0.1, 10.0.0.0/8"``.
+            text: e.g. ``"*.s3.amazonaws.com, s3.*.amazonaws.com, minio.internal, 10.0.0.0/8"``.
 
         Returns:
             The allowlist.
@@ -260,7 +327,7 @@ class AllowList:
         """
         entries = text.split(",") if isinstance(text, str) else list(text)
         names: set[str] = set()
-        suffixes: list[str] = []
+        patterns: list[re.Pattern[str]] = []
         networks: list[IPNetwork] = []
         any_host = False
         for raw in entries:
@@ -275,19 +342,20 @@ class AllowList:
                 continue
             except ValueError:
                 pass
-            name = entry[2:] if entry.startswith("*.") else entry
-            if _non_canonical_ipv4(name) or not all(
-                _LABEL.fullmatch(label) for label in name.split(".")
+            if "*" in entry:
+                if _valid_pattern(entry):
+                    patterns.append(_pattern_regex(entry))
+                    continue
+            elif not _non_canonical_ipv4(entry) and all(
+                _LABEL.fullmatch(label) for label in entry.split(".")
             ):
-                raise ValueError(
-                    f"invalid entry {raw.strip()!r}: use a host name, *.domain, *, an IP "
-                    "address or a network like 10.0.0.0/8"
-                )
-            if entry.startswith("*."):
-                suffixes.append("." + name)
-            else:
-                names.add(name)
-        return cls(frozenset(names), tuple(suffixes), any_host, tuple(networks))
+                names.add(entry)
+                continue
+            raise ValueError(
+                f"invalid entry {raw.strip()!r}: use a host name, a pattern like *.domain or "
+                "s3.*.amazonaws.com, *, an IP address or a network like 10.0.0.0/8"
+            )
+        return cls(frozenset(names), tuple(patterns), any_host, tuple(networks))
 
     def in_networks(self, ip: IPAddress) -> bool:
         plain = _plain(ip)
@@ -301,7 +369,7 @@ class AllowList:
             return "wildcard" if self.any_host else None
         if parsed.host in self.names:
             return "explicit"
-        if self.any_host or parsed.host.endswith(self.suffixes):
+        if self.any_host or any(p.fullmatch(parsed.host) for p in self.patterns):
             return "wildcard"
         return None
 
@@ -411,4 +479,71 @@ class UploadGuard:
             host_header=host_header,
             addresses=tuple(str(ip) for ip in addresses),
             shown=redact_url(url),
+        )
+
+
+# Presigned query parameters that say when a URL stops working: (date, lifetime, shown as).
+_SIGNED_LIFETIMES = (
+    ("x-amz-date", "x-amz-expires", "X-Amz-Date + X-Amz-Expires"),
+    ("x-goog-date", "x-goog-expires", "X-Goog-Date + X-Goog-Expires"),
+)
+_SIGNED_DATE = re.compile(r"\d{8}T\d{6}Z")
+
+
+def presigned_expiry(url: str) -> tuple[datetime, str] | None:
+    """When a presigned URL stops working, from its signing date plus lifetime, if it says.
+
+    AWS SigV4 (and S3-compatible stores: R2, MinIO, SeaweedFS) write `X-Amz-Date` and
+    `X-Amz-Expires`; Google Cloud Storage V4 writes `X-Goog-Date` and `X-Goog-Expires`.
+
+    Args:
+        url: the presigned URL (its query is read, never returned or shown).
+
+    Returns:
+        (expiry time in UTC, which parameters said so), or None when the URL carries no
+        date and lifetime.
+
+    Raises:
+        UploadURLRefused: the parameters are there but malformed (the store would refuse the
+        URL too); the message names the parameter, never its value.
+    """
+    try:
+        query = {k.lower(): v for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
+    except ValueError:
+        return None
+    for date_key, lifetime_key, shown in _SIGNED_LIFETIMES:
+        if date_key not in query or lifetime_key not in query:
+            continue
+        date_text, lifetime_text = query[date_key], query[lifetime_key]
+        if not _SIGNED_DATE.fullmatch(date_text):
+            raise UploadURLRefused(f"{shown.split(' ')[0]} is not a date like 20261204T120000Z")
+        try:
+            signed = datetime.strptime(date_text, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise UploadURLRefused(f"{shown.split(' ')[0]} is not a valid date") from None
+        if not (lifetime_text.isascii() and lifetime_text.isdigit() and len(lifetime_text) < 10):
+            raise UploadURLRefused(f"{shown.split(' + ')[1]} is not a number of seconds")
+        return signed + timedelta(seconds=int(lifetime_text)), shown
+    return None
+
+
+def check_not_expired(url: str, now: datetime | None = None) -> None:
+    """Refuse a presigned URL whose own date and lifetime say it has expired.
+
+    Args:
+        url: the presigned URL.
+        now: the current time (UTC; default: the clock).
+
+    Raises:
+        UploadURLRefused: it has expired, or its date or lifetime is malformed.
+    """
+    found = presigned_expiry(url)
+    if found is None:
+        return
+    expiry, shown = found
+    now = now or datetime.now(timezone.utc)
+    if now >= expiry:
+        raise UploadURLRefused(
+            f"the presigned URL expired at {expiry.strftime('%Y-%m-%dT%H:%M:%SZ')} ({shown}), "
+            f"{int((now - expiry).total_seconds())} s ago; presign a new one"
         )

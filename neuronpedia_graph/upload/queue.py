@@ -14,7 +14,9 @@ attempt and the file is removed once the upload succeeded. Whatever stops the pr
 mid-upload (SIGTERM past the grace period, SIGKILL, OOM) the graph is on disk, and the log
 says where: "written to spool file X until ..." then either "uploaded ...; removed spool file
 X" or "kept in spool file X". On SIGTERM (`install_shutdown_notice`) the log also lists every
-upload still in flight and its spool file.
+upload still in flight and its spool file. The spool is bounded (`spool.Spool`: size, age, and
+never the copy of an upload in flight), and a spooled graph is sent again with `reupload`, the
+one path for that (the `reupload` command uses it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import signal
 import threading
 import weakref
@@ -32,16 +35,19 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from neuronpedia_graph.errors import InvalidField, ServerBusy, ServiceError, UploadFailed
-from neuronpedia_graph.upload.guard import UploadGuard, UploadTarget, UploadURLRefused
-from neuronpedia_graph.upload.transfer import (
-    UploadError,
-    UploadPolicy,
-    UploadResult,
-    put_graph,
-    spool_graph,
+from neuronpedia_graph.upload.guard import (
+    UploadGuard,
+    UploadTarget,
+    UploadURLRefused,
+    check_not_expired,
 )
+from neuronpedia_graph.upload.spool import Spool, SpoolFull
+from neuronpedia_graph.upload.transfer import UploadError, UploadPolicy, UploadResult, put_graph
 
 log = logging.getLogger(__name__)
+
+# How `spool_graph` names files: SLUG-UTCSTAMP-RANDOM.json[.gz].
+_SPOOL_NAME = re.compile(r"(.+)-\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}\.json(?:\.gz)?")
 
 _QUEUES: weakref.WeakSet[UploadQueue] = weakref.WeakSet()
 
@@ -102,14 +108,31 @@ class UploadQueue:
         policy: timeouts and retries for `put_graph`.
         spool_dir: where every graph is written before its upload.
         workers: the number of upload slots and threads.
+        spool_max_bytes: SPOOL_MAX_BYTES (default: the setting's default).
+        spool_max_age: SPOOL_MAX_AGE in seconds (default: the setting's default).
     """
 
     def __init__(
-        self, guard: UploadGuard, policy: UploadPolicy, spool_dir: Path, workers: int
+        self,
+        guard: UploadGuard,
+        policy: UploadPolicy,
+        spool_dir: Path,
+        workers: int,
+        *,
+        spool_max_bytes: int | None = None,
+        spool_max_age: float | None = None,
     ) -> None:
+        from neuronpedia_graph.settings import Settings
+
+        defaults = Settings.model_fields
         self.guard = guard
         self.policy = policy
         self.spool_dir = Path(spool_dir)
+        self.spool = Spool(
+            self.spool_dir,
+            defaults["spool_max_bytes"].default if spool_max_bytes is None else spool_max_bytes,
+            defaults["spool_max_age"].default if spool_max_age is None else spool_max_age,
+        )
         self.workers = workers
         self._slots = threading.BoundedSemaphore(workers)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
@@ -126,15 +149,28 @@ class UploadQueue:
             settings: a `neuronpedia_graph.settings.Settings`.
 
         Returns:
-            The queue; its threads start with the first upload.
+            The queue; its threads start with the first upload. The spool's files are listed
+            in the log (and those past SPOOL_MAX_AGE removed).
         """
         policy = UploadPolicy.from_settings(settings)
         guard = UploadGuard(settings.upload_allowed_hosts)
-        return cls(guard, policy, settings.spool_dir, settings.upload_workers)
+        queue = cls(
+            guard,
+            policy,
+            settings.spool_dir,
+            settings.upload_workers,
+            spool_max_bytes=settings.spool_max_bytes,
+            spool_max_age=settings.spool_max_age,
+        )
+        queue.spool.report()
+        return queue
 
     # ------------------------------------------------------------------ admission
     def check(self, url: str) -> UploadTarget:
-        """The URL through the SSRF policy, as a 422 naming `signed_url` when refused.
+        """The URL through the expiry check and the SSRF policy, as a 422 naming `signed_url`.
+
+        An expired presigned URL (its `X-Amz-Date` + `X-Amz-Expires`, or the `X-Goog-` pair,
+        are in the past) is refused here, before any work: the upload could only fail.
 
         Args:
             url: the presigned URL.
@@ -143,9 +179,11 @@ class UploadQueue:
             The checked target.
 
         Raises:
-            InvalidField: the policy refused it (the message never contains the query).
+            InvalidField: expired, malformed, or refused by the policy (the message never
+            contains the query).
         """
         try:
+            check_not_expired(url)
             return self.guard.check(url)
         except UploadURLRefused as exc:
             raise InvalidField(
@@ -196,30 +234,87 @@ class UploadQueue:
         """
         if ticket.queue is not self or ticket.target is None:
             raise ValueError("deliver needs a ticket from this queue's admit()")
+        return self._on_pool(ticket, body, slug, compressed, None)
+
+    def _on_pool(
+        self, ticket: Ticket, body: bytes, slug: str, compressed: bool, existing: Path | None
+    ) -> UploadResult:
         try:
-            future = self._executor.submit(self._job, ticket, body, slug, compressed)
+            future = self._executor.submit(self._job, ticket, body, slug, compressed, existing)
         except RuntimeError:  # the pool is shut down (interpreter exit): the graph still counts
-            return self._job(ticket, body, slug, compressed)
+            return self._job(ticket, body, slug, compressed, existing)
         return future.result()
 
-    def _job(self, ticket: Ticket, body: bytes, slug: str, compressed: bool) -> UploadResult:
+    def reupload(self, path: Path, url: str, timeout: float | None = None) -> UploadResult:
+        """Upload a spooled graph file to a (fresh) presigned URL; the file goes once it is stored.
+
+        The one way a kept graph is sent again: the `reupload` command and any later feature
+        (jobs) call this. It runs the same checks and the same job as a new graph's upload:
+        the URL through `check` (expiry, SSRF policy), a slot, the file pinned so that spool
+        eviction cannot remove it meanwhile, removed after success, kept after a failure.
+
+        Args:
+            path: the spool file (``.json`` or ``.json.gz``; the suffix says whether the body is
+                gzip'd, and is sent with ``Content-Encoding: gzip`` when it is).
+            url: the presigned PUT URL.
+            timeout: as for `admit` (None: refuse at once when every slot is busy).
+
+        Returns:
+            What was uploaded.
+
+        Raises:
+            InvalidField: 422, the URL is refused, or the file is not a spooled graph.
+            UploadsBusy: 503, no slot came free.
+            UploadFailed: 502, the upload failed; the file is still there.
+        """
+        path = Path(path)
+        compressed = path.name.endswith(".json.gz")
+        if not (compressed or path.name.endswith(".json")) or not path.is_file():
+            raise InvalidField(
+                f"Invalid request: {path.name} is not a spooled graph file (.json or .json.gz)",
+                fields=["spool_file"],
+            )
+        ticket = self.admit(url, timeout)
+        with ticket:
+            body = path.read_bytes()
+        named = _SPOOL_NAME.fullmatch(path.name)
+        slug = named.group(1) if named else path.name.removesuffix(".gz").removesuffix(".json")
+        return self._on_pool(ticket, body, slug, compressed, path)
+
+    def _job(
+        self,
+        ticket: Ticket,
+        body: bytes,
+        slug: str,
+        compressed: bool,
+        existing: Path | None = None,
+    ) -> UploadResult:
         assert ticket.target is not None
         shown = ticket.target.shown
         job_id = next(self._ids)
+        spool: Path | None = None
+        problem: str | None = None
         try:
-            spool = self._spool(body, slug, compressed, why="before upload")
-            if spool is not None:
-                log.info(
-                    "graph %s written to spool file %s until its upload to %s succeeds",
-                    slug,
-                    spool,
-                    shown,
-                )
+            if existing is not None:
+                spool = existing
+                self.spool.pin(existing)
+                log.info("graph %s in spool file %s: re-uploading to %s", slug, spool, shown)
+            else:
+                spool, problem = self._spool(body, slug, compressed, why="before upload")
+                if spool is not None:
+                    log.info(
+                        "graph %s written to spool file %s until its upload to %s succeeds",
+                        slug,
+                        spool,
+                        shown,
+                    )
             with self._lock:
                 self._in_flight[job_id] = _InFlight(slug, shown, spool)
             try:
-                # Resolved and checked again right before connecting: the addresses used are
-                # the ones this check passed, however DNS answers after it.
+                # Checked again right before connecting: the URL may have expired while the
+                # graph was computed, and the addresses used are the ones this check passed,
+                # however DNS answers after it.
+                check_not_expired(ticket.target.url)
                 target = self.guard.check(ticket.target.url)
                 result = put_graph(target, body, compressed=compressed, policy=self.policy)
             except UploadURLRefused as exc:
@@ -232,13 +327,20 @@ class UploadQueue:
             finally:
                 with self._lock:
                     self._in_flight.pop(job_id, None)
-            raise self._failed(error, spool, body, slug, compressed)
+            raise self._failed(error, spool, problem, body, slug, compressed)
         finally:
+            self.spool.unpin(spool)
             ticket.release()
 
-    def _spool(self, body: bytes, slug: str, compressed: bool, *, why: str) -> Path | None:
+    def _spool(
+        self, body: bytes, slug: str, compressed: bool, *, why: str
+    ) -> tuple[Path | None, str | None]:
+        """(the pinned spool file, None), or (None, why it could not be written)."""
         try:
-            return spool_graph(body, self.spool_dir, slug=slug, compressed=compressed)
+            return self.spool.write(body, slug=slug, compressed=compressed), None
+        except SpoolFull as exc:
+            log.error("graph %s could not be written to the spool %s: %s", slug, why, exc)
+            return None, str(exc)
         except OSError as exc:
             log.error(
                 "graph %s could not be written to the spool directory %s %s: %s: %s",
@@ -248,7 +350,7 @@ class UploadQueue:
                 type(exc).__name__,
                 exc.strerror or exc,
             )
-            return None
+            return None, "spool directory not writable"
 
     def _remove(self, spool: Path | None, slug: str, result: UploadResult) -> None:
         if spool is None:
@@ -268,16 +370,28 @@ class UploadQueue:
         log.info("graph %s uploaded to %s; removed its spool file %s", slug, result.url, spool)
 
     def _failed(
-        self, error: UploadError, spool: Path | None, body: bytes, slug: str, compressed: bool
+        self,
+        error: UploadError,
+        spool: Path | None,
+        problem: str | None,
+        body: bytes,
+        slug: str,
+        compressed: bool,
     ) -> UploadFailed:
         if spool is None:  # the write-ahead failed; one more try now that it is needed
-            spool = self._spool(body, slug, compressed, why="after the upload failed")
+            spool, problem = self._spool(body, slug, compressed, why="after the upload failed")
+            self.spool.unpin(spool)
         extra = {"upload_status": error.status, "upload_code": error.code}
         if spool is None:
-            log.error("graph %s LOST: upload failed (%s) and no spool file", slug, error.detail)
+            log.error(
+                "graph %s LOST: upload failed (%s) and no spool file (%s)",
+                slug,
+                error.detail,
+                problem,
+            )
             return UploadFailed(
                 f"Failed to upload graph: {error.detail}; it could not be kept on the server "
-                "either (spool directory not writable)",
+                f"either ({problem})",
                 spool_file=None,
                 **extra,
             )

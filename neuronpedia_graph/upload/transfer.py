@@ -13,11 +13,14 @@ and Host header for the original name). Whatever the target sends back is read a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import secrets
+import socket
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -90,6 +93,7 @@ class UploadPolicy:
     backoff_factor: float = _default("upload_backoff")  # exponential backoff (urllib3 Retry)
     backoff_max: float = 10.0
     ca_certs: str | None = None
+    deadline: float = _default("upload_deadline")  # the whole upload: attempts, waits, 1xx
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadPolicy:
@@ -98,6 +102,7 @@ class UploadPolicy:
             read_timeout=settings.upload_read_timeout,
             retries=settings.upload_retries,
             backoff_factor=settings.upload_backoff,
+            deadline=settings.upload_deadline,
         )
 
 
@@ -196,6 +201,67 @@ def _retry_for(policy: UploadPolicy) -> Retry:
         raise_on_status=False,
         raise_on_redirect=False,
     )
+
+
+class _Deadline:
+    """One upload's overall time limit, enforced on the sockets themselves.
+
+    Per-read timeouts cannot bound an upload: http.client reads any number of `100 Continue`
+    replies in one call, so a target sending one every 2 s never trips a 5 s read timeout and
+    holds the upload slot for as long as it likes. A timer shuts down every connection the
+    upload opened when the deadline passes; whatever call was blocked on it (sending the body,
+    reading a status line) returns at once with an error, which `put_graph` reports as the
+    deadline. Between attempts the remaining time also caps timeouts and backoff waits.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - time.monotonic())
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Cut this connection when the deadline passes (at once if it already has)."""
+        if sock is None:
+            return
+        with self._lock:
+            if self.expired:
+                _cut(sock)
+            else:
+                self._sockets.append(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _cut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _cut(sock: socket.socket) -> None:
+    """Shut a connection down under whoever is blocked on it (plain socket level, also TLS)."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _watched(connection_cls: type, deadline: _Deadline) -> type:
+    """A urllib3 connection class whose sockets the deadline can cut."""
+
+    class Watched(connection_cls):  # type: ignore[misc,valid-type]
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    return Watched
 
 
 class _BodyReader:
@@ -325,12 +391,21 @@ def _failure_detail(exc: Exception, policy: UploadPolicy, attempts: int) -> str:
     return f"request failed ({type(root).__name__}: {reason})"
 
 
-def _open_pool(target: UploadTarget, address: str, policy: UploadPolicy) -> HTTPConnectionPool:
+def _open_pool(
+    target: UploadTarget, address: str, policy: UploadPolicy, deadline: _Deadline
+) -> HTTPConnectionPool:
     """A one-connection pool to a checked address that still speaks as the original host.
 
     For https the TLS handshake sends SNI for, and verifies the certificate against, the
-    URL's host name; the address only decides where the TCP connection goes.
+    URL's host name; the address only decides where the TCP connection goes. Its connections
+    are cut when the upload's deadline passes.
     """
+    pool = _new_pool(target, address, policy)
+    pool.ConnectionCls = _watched(pool.ConnectionCls, deadline)
+    return pool
+
+
+def _new_pool(target: UploadTarget, address: str, policy: UploadPolicy) -> HTTPConnectionPool:
     timeout = Timeout(connect=policy.connect_timeout, read=policy.read_timeout)
     if target.scheme == "https":
         import certifi
@@ -356,6 +431,9 @@ def put_graph(
     policy: UploadPolicy = UploadPolicy(),
 ) -> UploadResult:
     """PUT the graph to a checked presigned URL; retries 5xx and connection failures, never 4xx.
+
+    The whole upload (every attempt, the waits between them, and any number of 1xx replies)
+    ends within `policy.deadline` seconds (`UPLOAD_DEADLINE`).
 
     Args:
         target: from `UploadGuard.check`; connections go only to its checked addresses
@@ -388,6 +466,7 @@ def put_graph(
     pools: dict[str, HTTPConnectionPool] = {}
     attempts = 0
     started = time.monotonic()
+    deadline = _Deadline(policy.deadline)
 
     def fail(detail: str, status: int | None = None, code: str | None = None) -> UploadError:
         log.warning(
@@ -399,12 +478,32 @@ def put_graph(
         )
         return UploadError(detail, status=status, code=code, attempts=attempts)
 
+    def past_deadline() -> UploadError:
+        return fail(
+            f"upload deadline of {policy.deadline:g}s (UPLOAD_DEADLINE) exceeded after "
+            f"{attempts} attempt(s)"
+        )
+
+    def wait_before_retry(response: BaseHTTPResponse | None) -> None:
+        seconds = retry.get_retry_after(response) if response is not None else None
+        if not seconds:  # no (or a zero) Retry-After: the exponential backoff, as urllib3
+            seconds = retry.get_backoff_time()
+        if seconds >= deadline.remaining():
+            raise past_deadline()
+        time.sleep(seconds)
+
     try:
         while True:
+            if deadline.expired or deadline.remaining() <= 0:
+                raise past_deadline()
             attempts += 1
             address = target.addresses[(attempts - 1) % len(target.addresses)]
             pool = pools.get(address) or pools.setdefault(
-                address, _open_pool(target, address, policy)
+                address, _open_pool(target, address, policy, deadline)
+            )
+            left = deadline.remaining()
+            timeout = Timeout(
+                connect=min(policy.connect_timeout, left), read=min(policy.read_timeout, left)
             )
             if isinstance(data, _BodyReader):
                 data.seek(0)
@@ -421,23 +520,30 @@ def put_graph(
                     decode_content=False,
                     release_conn=False,
                     chunked=False,
+                    timeout=timeout,
                 )
             except (HTTPError, OSError) as exc:
                 log.warning(
                     "upload attempt %d to %s failed: %s", attempts, shown, type(exc).__name__
                 )
+                if deadline.expired:
+                    raise past_deadline() from None
                 try:
                     retry = retry.increment("PUT", shown, error=exc)
                 except (HTTPError, OSError) as final:
                     raise fail(_failure_detail(final, policy, attempts)) from None
-                retry.sleep()
+                wait_before_retry(None)
                 continue
             status = response.status
             try:
                 head = (
                     b""
                     if 200 <= status < 300
-                    else _read_head(response, MAX_REPLY_BYTES, policy.read_timeout)
+                    else _read_head(
+                        response,
+                        MAX_REPLY_BYTES,
+                        min(policy.read_timeout, deadline.remaining()),
+                    )
                 )
             finally:
                 response.close()
@@ -458,13 +564,14 @@ def put_graph(
                 except MaxRetryError:
                     pass
                 else:
-                    retry.sleep(response)
+                    wait_before_retry(response)
                     continue
             detail = f"{status} {code}" if code else f"{status} (no S3 error code)"
             if attempts > 1:
                 detail += f" after {attempts} attempts"
             raise fail(detail, status, code)
     finally:
+        deadline.cancel()
         for pool in pools.values():
             pool.close()
     seconds = time.monotonic() - started
