@@ -74,9 +74,19 @@ class KVCache:
             handles = [
                 self._model.register_forward_pre_hook(self._tl_inputs, with_kwargs=True),
             ]
+        # circuit-tracer zeroes the activations it reads at the BOS positions (`zero_positions`,
+        # counted from the start of what it is given); shift them to the tokens fed, or every
+        # new token would read as inactive and an intervention's delta would be off.
+        zero_positions = self._model.zero_positions
+        start = self.length
+        first = zero_positions.start or 0
+        self._model.zero_positions = slice(
+            max(first - start, 0), max(zero_positions.stop - start, 0)
+        )
         try:
             yield
         finally:
+            self._model.zero_positions = zero_positions
             for handle in handles:
                 handle.remove()
 

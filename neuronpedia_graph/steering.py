@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import BatchEncoding
@@ -40,6 +40,15 @@ from neuronpedia_graph.schemas import (
 )
 
 Intervention = tuple[int, int | slice, int, float]
+
+
+class GenerationSettings(Protocol):
+    """What generation reads from a request (a `SteerRequest` is one)."""
+
+    n_tokens: int
+    temperature: float
+    freq_penalty: float
+    freeze_attention: bool
 
 
 def steer(model: Any, request: SteerRequest) -> SteerResponse:
@@ -89,9 +98,9 @@ def steer(model: Any, request: SteerRequest) -> SteerResponse:
     seed = request.seed if request.seed is not None else secrets.randbits(63)
     with _tensor_inputs(model):
         interventions = _interventions(model, applied, prompt_ids)
-        default_ids, default_rows = _generate(model, prompt_ids, [], request, seed)
+        default_ids, default_rows = generate(model, prompt_ids, [], request, seed)
         steered_ids, steered_rows = (
-            _generate(model, prompt_ids, interventions, request, seed)
+            generate(model, prompt_ids, interventions, request, seed)
             if interventions
             else (default_ids, default_rows)
         )
@@ -160,19 +169,30 @@ def _interventions(
     return out
 
 
-def _generate(
+def generate(
     model: Any,
     prompt_ids: torch.Tensor,
     interventions: Sequence[Intervention],
-    request: SteerRequest,
+    request: GenerationSettings,
     seed: int,
 ) -> tuple[list[int], list[torch.Tensor]]:
-    """Generated token ids, and the next-token logits after the last prompt token and after
-    each generated token (one more row than tokens).
+    """Generated token ids, and the next-token logits (float32, on the CPU) after the last
+    prompt token and after each generated token (one more row than tokens).
 
     One `feature_intervention` pass per step through a key/value cache (`KVCache`): the prompt
     first, then each new token alone, so the cost is linear in the continuation.
     """
+    with _tensor_inputs(model):
+        return _cached_loop(model, prompt_ids, interventions, request, seed)
+
+
+def _cached_loop(
+    model: Any,
+    prompt_ids: torch.Tensor,
+    interventions: Sequence[Intervention],
+    request: GenerationSettings,
+    seed: int,
+) -> tuple[list[int], list[torch.Tensor]]:
     generator = new_generator(seed, prompt_ids.device)
     eos = model.tokenizer.eos_token_id
     cache = KVCache(model)

@@ -16,7 +16,7 @@ from neuronpedia_graph.chat import ChatMessage, render_chat
 from neuronpedia_graph.prompting import ModelPrompts
 from neuronpedia_graph.sampling import new_generator, next_token
 from neuronpedia_graph.schemas import RequestContext, SteerRequest, SteerResponse, parse_request
-from neuronpedia_graph.steering import _generate, _tensor_inputs, steer
+from neuronpedia_graph.steering import _tensor_inputs, generate, steer
 
 PARIS = "The city of Paris is in"
 COUNT_TO_3 = "1 2 3"
@@ -220,17 +220,29 @@ def test_the_random_stream_is_transformer_lens_sample_logits_under_manual_seed()
 
 
 # --------------------------------------------------------------- cached loop vs recompute
+def active_on_generated_tokens(model, ids: list[int]) -> tuple[int, int, float]:
+    """(layer, index, activation) of the feature most active on the first generated token:
+    an intervention's delta there depends on reading that activation right."""
+    continuation, _ = original_run(model, ids, n_tokens=2)
+    _, activations = model.get_activations(torch.tensor(ids + continuation), sparse=True)
+    at_first = activations.to_dense()[:, len(ids)]  # (layers, features)
+    layer, index = divmod(int(at_first.argmax()), at_first.shape[1])
+    return layer, index, float(at_first[layer, index])
+
+
 def steering_cases(model) -> dict[str, list[tuple]]:
     ids = prompt_ids(model, PARIS)
     last = len(ids) - 1
     generated = slice(len(ids), None)
     boost = feature_value(model, ids, 1, last, 382) + 5.0
+    layer, index, active = active_on_generated_tokens(model, ids)
+    assert active > 0.5
     return {
         "default": [],
         "fixed_position": [(1, last, 382, boost)],
-        "generated_tokens": [(0, generated, 5, 3.0)],
+        "generated_tokens": [(layer, generated, index, active + 3.0)],
         "ablate": [(1, last, 382, 0.0)],
-        "all_kinds": [(1, last, 382, 0.0), (0, 2, 7, 4.0), (1, generated, 382, boost)],
+        "all_kinds": [(1, last, 382, 0.0), (0, 2, 7, 4.0), (layer, generated, index, 0.0)],
     }
 
 
@@ -245,7 +257,7 @@ def test_cached_generation_equals_a_full_recompute(model, kind, sampling) -> Non
 
     expected, expected_rows = original_run(model, ids, interventions, n_tokens=12, **sampling)
     with _tensor_inputs(model):
-        tokens, rows = _generate(
+        tokens, rows = generate(
             model, torch.tensor(ids), interventions, req, seed=sampling.get("seed", 0)
         )
 
@@ -261,7 +273,7 @@ def test_frozen_attention_holds_only_while_the_prompt_is_read(model) -> None:
     interventions = [(1, last, 382, 20.0), (0, slice(len(ids), None), 5, 3.0)]
     req = request(model, PARIS, n_tokens=6, freeze_attention=True)
     with _tensor_inputs(model):
-        tokens, rows = _generate(model, torch.tensor(ids), interventions, req, seed=0)
+        tokens, rows = generate(model, torch.tensor(ids), interventions, req, seed=0)
         # The original's steered path: circuit-tracer's own generation, attention frozen on its
         # first step only, its later steps reading the cache that step wrote.
         _, library, _ = model.feature_intervention_generate(
