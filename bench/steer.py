@@ -199,6 +199,40 @@ def bench_model(
     return results
 
 
+def check_pairs(keys: list[str], n_new: int) -> int:
+    """Cached against recomputed generation on the fabricated pairs (nnsight, float32): one
+    line per pair, `pair=<key> tokens_identical=<0|1> max_logit_diff=<float>`."""
+    from neuronpedia_graph.prompting import ModelPrompts
+    from neuronpedia_graph.steering import generate
+    from testkit.hubcache import PAIRS
+
+    for key in keys:
+        pair = PAIRS[key]
+        from neuronpedia_graph.loading import load_model
+        from neuronpedia_graph.settings import Settings
+
+        settings = Settings(
+            model_id=pair.model_id,
+            transcoder_set=pair.transcoder_set,
+            device="cpu",
+            backend="nnsight",
+            dtype="float32",
+        )
+        model = load_model(settings).model
+        text = pair.chat_prompt_prefix + "The city of Paris is in France . The city of Rome is"
+        ids = model.ensure_tokenized(ModelPrompts(model).encode(text).ids)
+        interventions = interventions_for(model, len(ids))
+        worst, identical = 0.0, True
+        for sampling, seed in [(Sampling(n_new), 0), (Sampling(n_new, 1.0, 0.5), 3)]:
+            old = timed(recompute, model, ids, interventions, sampling, seed)
+            new = timed(generate, model, ids, interventions, sampling, seed)
+            worst = max(worst, compare(old, new)[2])
+            identical &= old.tokens == new.tokens
+        print(f"pair={key} tokens_identical={int(identical)} max_logit_diff={worst:.3g}")
+        del model
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", default="32,1024", help="prompt lengths in tokens")
@@ -214,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (see docstring)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # full-size backend
+    parser.add_argument(
+        "--check",
+        default=None,
+        help="only compare cached and recomputed tokens on these fabricated pairs (nnsight)",
+    )
     args = parser.parse_args(argv)
     prompts = [int(x) for x in args.prompts.split(",")]
     news = [int(x) for x in args.new.split(",")]
@@ -228,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     from testkit.hubcache import build
 
     torch.set_num_threads(args.threads)
+    if args.check:
+        keys = [k.strip() for k in args.check.split(",") if k.strip()]
+        if args.hf_home is None or not (hf_home / "hub").exists():
+            build(hf_home, keys, dtype=torch.float32)
+        try:
+            return check_pairs(keys, news[0])
+        finally:
+            if args.hf_home is None:
+                shutil.rmtree(hf_home, ignore_errors=True)
     if args.child:
         model = load(args.child, "float32")
         results = bench_model(f"Llama-3.2-1B {args.child}", model, [1024], [64], [])

@@ -316,3 +316,47 @@ def test_steer_leaves_no_hook_behind_when_a_step_fails(model, monkeypatch) -> No
 
     assert (dict(body._forward_pre_hooks), dict(body._forward_hooks)) == hooks
     assert steer(model, req) == before
+
+
+def test_cached_generation_equals_a_full_recompute_on_every_fabricated_architecture(
+    tmp_path,
+) -> None:
+    """Gemma 2, Llama, cross-layer transcoders, Qwen 3 and the multimodal Gemma 3 (small shapes,
+    nnsight), greedy and seeded. A child process, since HF_HOME is read once per process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from testkit.hubcache import PAIRS
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    script = str(repo / "bench" / "steer.py")
+    done = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--check",
+            ",".join(PAIRS),
+            "--new",
+            "6",
+            "--hf-home",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("pair=")]
+    results = {
+        fields["pair"]: fields
+        for fields in (dict(kv.split("=") for kv in line.split()) for line in lines)
+    }
+    assert set(results) == set(PAIRS)
+    for key, fields in results.items():
+        assert fields["tokens_identical"] == "1", key
+        assert float(fields["max_logit_diff"]) < 1e-4, key
