@@ -23,8 +23,9 @@ same comparison in bfloat16, where the two paths may round differently: token ag
 the largest logit difference up to the first disagreement.
 
 `--full-size` also runs Llama-3.2-1B at its real size (random bfloat16 weights, 2.5 GB written,
-about 9 GB of RAM for TransformerLens) through both backends at 1,024 + 64 tokens; it is slow
-on a CPU and off by default.
+about 9 GB of RAM for TransformerLens, float32 compute) through both backends, each in a child
+process, at `--full-prompt` + `--full-new` tokens (1,024 + 64): meant for a GPU box or a patient
+CPU (the full recompute alone is about 65 passes over a 1,024-token prompt); off by default.
 
     .venv/bin/python bench/steer.py [--prompts 32,1024] [--new 8,64,256] [--dtypes float32]
         [--full-size] [--hf-home DIR]
@@ -239,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new", default="8,64,256", help="new-token counts")
     parser.add_argument("--dtypes", default="float32", help="float32 and/or bfloat16")
     parser.add_argument("--full-size", action="store_true", help="add Llama-3.2-1B, both backends")
+    parser.add_argument("--full-prompt", type=int, default=1024, help="full-size prompt tokens")
+    parser.add_argument("--full-new", type=int, default=64, help="full-size new tokens")
     parser.add_argument("--hf-home", type=Path, default=None, help="reuse or keep this cache")
     parser.add_argument(
         "--no-transformerlens",
@@ -278,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(hf_home, ignore_errors=True)
     if args.child:
         model = load(args.child, "float32")
-        results = bench_model(f"Llama-3.2-1B {args.child}", model, [1024], [64], [])
+        results = bench_model(f"Llama-3.2-1B {args.child}", model, prompts[:1], news[:1], [])
         print(" ".join(f"{k}={v:.3g}" for k, v in results.items()))
         return 0
 
@@ -318,8 +321,11 @@ def main(argv: list[str] | None = None) -> int:
             full_home = hf_home / "full"
             build(full_home, ["llama"], full_size=True, width=512, dtype=torch.bfloat16)
             for backend in ("nnsight", "transformerlens"):
+                command = [sys.executable, __file__, "--child", backend]
+                command += ["--hf-home", str(full_home), "--threads", str(args.threads)]
+                command += ["--prompts", str(args.full_prompt), "--new", str(args.full_new)]
                 child = subprocess.run(
-                    [sys.executable, __file__, "--child", backend, "--hf-home", str(full_home)],
+                    command,
                     env={**os.environ, "HF_HOME": str(full_home)},
                     capture_output=True,
                     text=True,
@@ -331,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                     out.append(f"Llama-3.2-1B {backend}: failed: {child.stderr[-500:]}")
                     continue
                 child_fields = dict(kv.split("=") for kv in lines[-1].split())
-                summary[f"full_{backend}_speedup_1024x64"] = float(child_fields["speedup_1024x64"])
+                size = f"{args.full_prompt}x{args.full_new}"
+                summary[f"full_{backend}_speedup_{size}"] = float(child_fields[f"speedup_{size}"])
                 summary[f"full_{backend}_max_logit_diff"] = float(child_fields["max_logit_diff"])
     finally:
         if args.hf_home is None:
