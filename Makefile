@@ -9,7 +9,7 @@ UV := $(VENV)/uv/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
 
-.PHONY: install install-dev browser run test lint format bench bench-prune bench-scores bench-viewer bench-load bench-half-open lock demo-model clean check-full-size
+.PHONY: install install-dev browser run test lint format bench bench-prune bench-scores bench-viewer bench-load bench-half-open bench-steer lock demo-model clean check-full-size
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +91,11 @@ bench-prune: install-dev
 # nodes: time, peak memory, equality (about 2 minutes, children of a few GiB).
 bench-scores: install-dev
 	$(PY) bench/scores.py
+
+# /steer generation: full recompute per token against the key/value cache, on a fabricated small
+# Llama (prompts 32 and 1024 tokens x 8/64/256 new). Last line: speedup_1024x64=... max_logit_diff=...
+bench-steer: install-dev
+	HF_HUB_OFFLINE=1 $(PY) bench/steer.py $(ARGS)
 
 # Rebuild the committed demo model and transcoders (byte-identical; about 2.5 min on 2 cores).
 demo-model: install

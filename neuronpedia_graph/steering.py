@@ -9,12 +9,13 @@ token ids circuit-tracer's `ensure_tokenized` produces for `chat.canonical_promp
 position 0 is the BOS and a graph node's `ctx_idx` is a valid `token_active_position` /
 `steer_position`. A leading "<bos>" in the prompt text does not shift positions.
 
-Generation runs one full forward pass per new token through circuit-tracer's
-`feature_intervention` (no KV cache). That costs O(n²) in the continuation length, but it is the
-same code on both backends and keeps every sampling detail here. circuit-tracer 0.5.0's
-`feature_intervention_generate` was measured to fail (nnsight backend) when a steered run stops
-early at an end-of-sequence token, returns text rather than token ids, and leaves sampling to
-each backend's own `generate`, whose frequency-penalty formulas differ.
+Generation calls circuit-tracer's `feature_intervention` once per step under a key/value cache
+(`kv_cache.KVCache`): the prompt, then one new token at a time, on both backends. Sampling is
+`sampling.next_token`, the original server's rule. circuit-tracer 0.5.0's
+`feature_intervention_generate` is not used: on nnsight it fails when a run stops early at an
+end-of-sequence token and, given text, on tokenizers that return `token_type_ids`; and it
+leaves sampling to each backend's own `generate`, which differ. The rules, and where we
+deliberately differ from the original server, are in docs/steering.md.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import BatchEncoding
 
+from neuronpedia_graph.kv_cache import KVCache
+from neuronpedia_graph.sampling import new_generator, next_token
 from neuronpedia_graph.schemas import (
     IgnoredFeature,
     SteerFeature,
@@ -37,6 +40,15 @@ from neuronpedia_graph.schemas import (
 )
 
 Intervention = tuple[int, int | slice, int, float]
+
+
+class GenerationSettings(Protocol):
+    """What generation reads from a request (a `SteerRequest` is one)."""
+
+    n_tokens: int
+    temperature: float
+    freq_penalty: float
+    freeze_attention: bool
 
 
 def steer(model: Any, request: SteerRequest) -> SteerResponse:
@@ -52,19 +64,22 @@ def steer(model: Any, request: SteerRequest) -> SteerResponse:
     `steer_position` holds a BOS are not applied, as in the original Neuronpedia server, and are
     listed in `ignored_features` instead (see `drop_unsteerable`).
 
-    `freeze_attention` holds attention patterns at their unsteered values for the same tokens
-    in every forward pass, so effects travel only through the residual stream and MLPs.
+    `freeze_attention` holds attention patterns at their unsteered values while the prompt is
+    read, so the first generated token is predicted with effects travelling only through the
+    residual stream and MLPs; later tokens attend freely, to the prompt as it was read (the
+    original server's behaviour: circuit-tracer freezes only the first step of a cached run).
 
-    Sampling: temperature 0 is greedy; otherwise tokens are drawn from
-    softmax((logits - freq_penalty * count) / temperature), where count is how often each token
-    already occurs in the continuation (prompt tokens are not counted; greedy decoding applies
-    the penalty too). Both runs use one torch.Generator seed (`seed`, or a fresh random one), so
-    a request with a seed is reproducible and the runs differ only by the intervention.
-    Generation stops after `n_tokens` or after a stop token (the tokenizer's and the model's
-    generation config's end-of-sequence ids), which is kept.
+    Sampling (`sampling.next_token`, the original server's rule): temperature 0 takes the
+    argmax of the raw logits and ignores `freq_penalty`; otherwise the logits are divided by
+    the temperature, then a positive `freq_penalty` times each token's count in the whole
+    sequence so far (prompt included) is subtracted, and one token is drawn. Both runs use one
+    seed (`seed`, or a fresh random one), so a request with a seed is reproducible and the runs
+    differ only by the intervention. Generation stops after `n_tokens` or after the
+    tokenizer's end-of-sequence token, which is kept.
 
     The model is used as is and left as it was (circuit-tracer's interventions live inside one
-    trace or hook context; see `_tensor_inputs` for the one temporary change). Not thread-safe,
+    trace or hook context; `_tensor_inputs` and `KVCache.attached` make the only temporary
+    changes, undone on exit). Not thread-safe,
     like circuit-tracer: callers serialize access to the model.
 
     Args:
@@ -81,12 +96,11 @@ def steer(model: Any, request: SteerRequest) -> SteerResponse:
     n_prompt = len(prompt_ids)
     applied, ignored = drop_unsteerable(request.features, encoded.unsteerable)
     seed = request.seed if request.seed is not None else secrets.randbits(63)
-    stop_ids = _stop_token_ids(model)
     with _tensor_inputs(model):
         interventions = _interventions(model, applied, prompt_ids)
-        default_ids, default_rows = _generate(model, prompt_ids, [], request, seed, stop_ids)
+        default_ids, default_rows = generate(model, prompt_ids, [], request, seed)
         steered_ids, steered_rows = (
-            _generate(model, prompt_ids, interventions, request, seed, stop_ids)
+            generate(model, prompt_ids, interventions, request, seed)
             if interventions
             else (default_ids, default_rows)
         )
@@ -155,63 +169,76 @@ def _interventions(
     return out
 
 
-def _generate(
+def generate(
     model: Any,
     prompt_ids: torch.Tensor,
     interventions: Sequence[Intervention],
-    request: SteerRequest,
+    request: GenerationSettings,
     seed: int,
-    stop_ids: set[int],
 ) -> tuple[list[int], list[torch.Tensor]]:
-    """Generated token ids, and the next-token logits after the last prompt token and after
-    each generated token (one more row than tokens)."""
-    generator = torch.Generator().manual_seed(seed)
-    tokens = prompt_ids
+    """Generated token ids, and the next-token logits (float32, on the CPU) after the last
+    prompt token and after each generated token (one more row than tokens).
+
+    One `feature_intervention` pass per step through a key/value cache (`KVCache`): the prompt
+    first, then each new token alone, so the cost is linear in the continuation.
+    """
+    with _tensor_inputs(model):
+        return _cached_loop(model, prompt_ids, interventions, request, seed)
+
+
+def _cached_loop(
+    model: Any,
+    prompt_ids: torch.Tensor,
+    interventions: Sequence[Intervention],
+    request: GenerationSettings,
+    seed: int,
+) -> tuple[list[int], list[torch.Tensor]]:
+    generator = new_generator(seed, prompt_ids.device)
+    eos = model.tokenizer.eos_token_id
+    cache = KVCache(model)
+    sequence = prompt_ids
+    chunk = prompt_ids
     generated: list[int] = []
     rows: list[torch.Tensor] = []
     while True:
-        logits, _ = model.feature_intervention(
-            tokens,
-            interventions,
-            freeze_attention=request.freeze_attention,
-            return_activations=False,
-        )
-        rows.append(logits.reshape(-1, logits.shape[-1])[-1].float().cpu())
-        if len(generated) == request.n_tokens or (generated and generated[-1] in stop_ids):
+        start = cache.length
+        with cache.attached():
+            logits, _ = model.feature_intervention(
+                chunk,
+                chunk_interventions(interventions, start, start + len(chunk)),
+                # Frozen only while the prompt is read: later tokens attend freely to it.
+                freeze_attention=request.freeze_attention and start == 0,
+                return_activations=False,
+            )
+        cache.advance()
+        last = logits.reshape(-1, logits.shape[-1])[-1]
+        rows.append(last.float().cpu())
+        if len(generated) == request.n_tokens or (generated and generated[-1] == eos):
             return generated, rows
-        token = _pick(rows[-1], generated, request.temperature, request.freq_penalty, generator)
+        token = next_token(last, sequence, request.temperature, request.freq_penalty, generator)
         generated.append(token)
-        tokens = torch.cat([tokens, torch.tensor([token], device=tokens.device)])
+        chunk = torch.tensor([token], device=prompt_ids.device)
+        sequence = torch.cat([sequence, chunk])
 
 
-def _pick(
-    logits: torch.Tensor,
-    generated: list[int],
-    temperature: float,
-    freq_penalty: float,
-    generator: torch.Generator,
-) -> int:
-    # float64, and non-finite logits made finite: nothing NaN or infinite is ever sampled from.
-    scores = torch.nan_to_num(logits.double(), nan=-torch.inf).clamp(min=-1e30, max=1e30)
-    if freq_penalty and generated:
-        counts = torch.bincount(torch.tensor(generated), minlength=scores.numel())
-        scores -= freq_penalty * counts[: scores.numel()].to(scores.dtype)
-    if temperature == 0:
-        return int(scores.argmax())
-    probs = torch.softmax(scores / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+def chunk_interventions(
+    interventions: Sequence[Intervention], start: int, end: int
+) -> list[Intervention]:
+    """The interventions that fall on the tokens [start, end) of the sequence, with positions
+    counted from `start` (the coordinates of one cached step).
 
-
-def _stop_token_ids(model: Any) -> set[int]:
-    ids = {model.tokenizer.eos_token_id}
-    hf_model = getattr(model, "_model", None)  # the nnsight backend's Hugging Face model
-    config_eos = getattr(getattr(hf_model, "generation_config", None), "eos_token_id", None)
-    if isinstance(config_eos, int):
-        ids.add(config_eos)
-    elif isinstance(config_eos, list | tuple):
-        ids.update(config_eos)
-    ids.discard(None)
-    return ids
+    A fixed position applies in the step that feeds its token; its effect on later tokens
+    travels through the cache. A generated-tokens intervention (`slice(n_prompt, None)`)
+    applies to every token at or after its start that the step feeds.
+    """
+    out: list[Intervention] = []
+    for layer, position, index, value in interventions:
+        if isinstance(position, slice):
+            if end > position.start:
+                out.append((layer, slice(max(position.start - start, 0), None), index, value))
+        elif start <= position < end:
+            out.append((layer, position - start, index, value))
+    return out
 
 
 def _by_token(

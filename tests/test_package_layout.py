@@ -18,6 +18,8 @@ HEAVY = ("torch", "circuit_tracer", "transformers", "nnsight")
 ML_CORE = {
     "neuronpedia_graph.service",
     "neuronpedia_graph.steering",
+    "neuronpedia_graph.sampling",
+    "neuronpedia_graph.kv_cache",
     "neuronpedia_graph.prune",
     "neuronpedia_graph.graph_json",
     "neuronpedia_graph.scores",

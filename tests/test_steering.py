@@ -219,12 +219,17 @@ def test_both_runs_share_the_seed(model, france_feature, seed) -> None:
 
 
 def test_frequency_penalty_forbids_repeats_without_changing_reported_probs(model) -> None:
-    plain = steer(model, request(COUNT_TO_3, n_tokens=6))
-    penalised = steer(model, request(COUNT_TO_3, n_tokens=6, freq_penalty=100.0))
+    sampling = {"temperature": 1.0, "seed": 0, "n_tokens": 6}
+    plain = steer(model, request(PARIS, **sampling))
+    penalised = steer(model, request(PARIS, freq_penalty=100.0, **sampling))
 
-    last = last_position(model, COUNT_TO_3)
+    last = last_position(model, PARIS)
+    prompt = {e.token for e in penalised.DEFAULT_LOGITS_BY_TOKEN[: last + 1]}
+    repeated = [e.token for e in plain.DEFAULT_LOGITS_BY_TOKEN[last + 1 :]]
+    assert len(set(repeated)) < len(repeated)  # " France . . ." without the penalty
     generated = [e.token for e in penalised.DEFAULT_LOGITS_BY_TOKEN[last + 1 :]]
-    assert len(generated) == len(set(generated)) == 6
+    # The penalty counts the prompt too, so no prompt token comes back either.
+    assert len(generated) == len(set(generated)) == 6 and not prompt & set(generated)
     assert plain.DEFAULT_LOGITS_BY_TOKEN[last] == penalised.DEFAULT_LOGITS_BY_TOKEN[last]
 
 
