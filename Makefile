@@ -8,8 +8,11 @@ UV := $(VENV)/uv/bin/uv
 # Bytecode compiled at install: every server process the tests start then imports ~40% faster.
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
+# Target of `make wheelhouse` (docs/air-gapped.md): the GPU host's Python and platform tag.
+WHEEL_PYTHON ?= 3.12
+WHEEL_PLATFORM ?= manylinux_2_28_x86_64
 
-.PHONY: install install-dev browser run test lint format bench bench-prune bench-viewer bench-load bench-half-open lock demo-model clean check-full-size
+.PHONY: install install-dev browser run test lint format bench bench-prune bench-viewer bench-load bench-half-open lock demo-model clean check-full-size wheelhouse wheelhouse-runpod check-wheelhouse
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +89,22 @@ check-full-size: install-dev
 # largest graph each prunes within 20 GiB (needs 21 GiB free; under 10 minutes).
 bench-prune: install-dev
 	$(PY) bench/prune.py
+
+# Offline wheels for a GPU host that has torch and no network (docs/air-gapped.md): writes
+# wheelhouse/ and wheelhouse/requirements.txt (hashed, no index), prints the size report.
+wheelhouse: install
+	$(PY) tools/wheelhouse.py build --python-version $(WHEEL_PYTHON) --platform $(WHEEL_PLATFORM) \
+	  --out wheelhouse
+
+# The Runpod image's wheels (the server's plus the runpod SDK); runpod/Dockerfile installs them.
+wheelhouse-runpod: install
+	$(PY) tools/wheelhouse.py build --profile runpod --python-version $(WHEEL_PYTHON) \
+	  --platform $(WHEEL_PLATFORM) --out wheelhouse-runpod
+
+# The air-gapped install tried here: cp312 download + closure check, then the cp311 wheelhouse
+# installed offline over a stand-in host, smoke test, demo graph, bench/gpu.py --tiny (~3 min).
+check-wheelhouse: install-dev
+	PY=$(PY) UV=$(UV) PYTHON=$(PYTHON) tools/check_wheelhouse.sh
 
 # Rebuild the committed demo model and transcoders (byte-identical; about 2.5 min on 2 cores).
 demo-model: install
