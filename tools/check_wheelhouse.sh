@@ -11,6 +11,8 @@
 #    (after the venv's own, through a .pth file); this machine's own system site-packages is not
 #    used, since its unrelated packages could hide a missing wheel.
 # 3. From that venv: the import smoke test, a demo graph over HTTP, and `bench/gpu.py --tiny`.
+# 4. The Runpod wheelhouse the same way (cp312 closure; cp311 installed over the same stand-in,
+#    its smoke test, and one local job through runpod/handler.py on the demo model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -46,4 +48,27 @@ cd /
 "$OUT/venv/bin/python" "$REPO/tools/wheelhouse.py" demo
 "$OUT/venv/bin/python" "$REPO/bench/gpu.py" --tiny --workdir "$OUT/bench" \
   --out "$OUT/bench/results" | tail -n 1
+
+echo "== Runpod wheelhouse: cp312 closure, cp311 install, smoke test, one handler job"
+cd "$REPO"
+"$PY" tools/wheelhouse.py build --profile runpod --python-version 3.12 \
+  --out "$OUT/wheelhouse-runpod-cp312" | grep -E '^(wheelhouse|closure)'
+"$PY" tools/wheelhouse.py build --profile runpod --python-version 3.11 \
+  --out "$OUT/wheelhouse-runpod-cp311" >/dev/null
+"$PYTHON" -m venv "$OUT/venv-runpod"
+RUNPOD_SITE=$("$OUT/venv-runpod/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$HOST_SITE" >"$RUNPOD_SITE/_host_site_packages.pth"
+"$OUT/venv-runpod/bin/pip" install --quiet --no-index --no-deps \
+  -r "$OUT/wheelhouse-runpod-cp311/requirements.txt"
+"$OUT/venv-runpod/bin/pip" install --quiet --no-index --no-deps --no-build-isolation "$REPO"
+cd /
+"$OUT/venv-runpod/bin/python" "$REPO/tools/wheelhouse.py" smoke \
+  --wheelhouse "$OUT/wheelhouse-runpod-cp311" | tail -n 1
+HF_HUB_OFFLINE=1 MODEL_ID=demo SPOOL_DIR="$OUT/spool" "$OUT/venv-runpod/bin/python" \
+  "$REPO/runpod/handler.py" --test_input "$(cat "$REPO/runpod/test_input.json")" >"$OUT/runpod.log" 2>&1
+grep -q "Job local_test completed successfully" "$OUT/runpod.log" || {
+  tail -n 20 "$OUT/runpod.log"
+  exit 1
+}
+echo "runpod handler: demo graph job completed"
 echo "check-wheelhouse: ok"

@@ -70,10 +70,16 @@ NOT_IMPORTED: dict[str, str] = {
     "stack-data": "IPython's tracebacks; imported lazily",
 }
 
-PROFILES = {
-    "server": {"roots": "project", "extra_roots": ["setuptools"], "drop": set()},
-    # The Runpod worker: the project plus the runpod SDK (FastAPI, boto3, cryptography, ...).
-    "runpod": {"roots": "project", "extra_roots": ["setuptools", "runpod"], "drop": {"runpod"}},
+PROFILES: dict[str, dict] = {
+    "server": {"extra_roots": ["setuptools"], "host": set(HOST), "drop": set(), "imports": []},
+    # The Runpod worker's image: the project plus the runpod SDK (FastAPI, boto3, cryptography,
+    # ...), over a PyTorch base image that brings torch and little else.
+    "runpod": {
+        "extra_roots": ["setuptools", "runpod"],
+        "host": {"torch"},
+        "drop": {"runpod", "hf-xet"},  # a Runpod worker downloads models: hf-xet speeds that
+        "imports": ["runpod", "runpod.serverless"],
+    },
 }
 
 # Imported by `smoke`: what the server, the worker and bench/gpu.py load on both backends.
@@ -207,6 +213,7 @@ def build(args) -> int:
         (Requirement(r), "neuronpedia-graph") for r in project_requirements()
     ] + [(Requirement(r), "(profile)") for r in profile["extra_roots"]]
     not_imported = {k: v for k, v in NOT_IMPORTED.items() if k not in profile["drop"]}
+    host_names = profile["host"]
 
     while queue:
         wanted: dict[str, tuple[str, list[str]]] = {}
@@ -215,7 +222,7 @@ def build(args) -> int:
             if req.marker is not None and not req.marker.evaluate(env | {"extra": ""}):
                 continue
             name = canonical(req.name)
-            if name in HOST:
+            if name in host_names:
                 host.setdefault(name, []).append(f"{parent}: {req}")
                 continue
             if name in not_imported:
@@ -363,7 +370,8 @@ def smoke(args) -> int:
 
     manifest = json.loads((Path(args.wheelhouse) / "manifest.json").read_text())
     problems = []
-    for module in SMOKE_IMPORTS:
+    imports = SMOKE_IMPORTS + PROFILES[manifest["profile"]]["imports"]
+    for module in imports:
         try:
             importlib.import_module(module)
         except Exception as exc:  # any failure to import is what this reports
@@ -396,7 +404,7 @@ def smoke(args) -> int:
         print(f"smoke: {p}", file=sys.stderr)
     if problems:
         return 1
-    print(f"smoke: {len(SMOKE_IMPORTS)} imports and {len(manifest['carried'])} versions ok")
+    print(f"smoke: {len(imports)} imports and {len(manifest['carried'])} versions ok")
     return 0
 
 
