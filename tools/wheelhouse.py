@@ -170,8 +170,12 @@ def sha256(path: Path) -> str:
 
 
 def project_requirements() -> list[str]:
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the installed project's metadata says the same
+        import importlib.metadata as md
 
+        return [r for r in md.requires("neuronpedia-graph") or [] if "extra ==" not in r]
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
