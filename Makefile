@@ -103,7 +103,7 @@ wheelhouse-runpod: install
 
 # The air-gapped install tried here: cp312 download + closure check, then the cp311 wheelhouse
 # installed offline over a stand-in host, smoke test, demo graph, bench/gpu.py --tiny; the same
-# for the Runpod wheelhouse with one handler job (~5 min; not part of `make test`).
+# for the Runpod wheelhouse with one handler job (minutes; not part of `make test`).
 check-wheelhouse: install-dev
 	PY=$(PY) UV=$(UV) PYTHON=$(PYTHON) tools/check_wheelhouse.sh
 
