@@ -8,8 +8,11 @@ UV := $(VENV)/uv/bin/uv
 # Bytecode compiled at install: every server process the tests start then imports ~40% faster.
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
+# Target of `make wheelhouse` (docs/air-gapped.md): the GPU host's Python and platform tag.
+WHEEL_PYTHON ?= 3.12
+WHEEL_PLATFORM ?= manylinux_2_28_x86_64
 
-.PHONY: install install-dev browser run test lint format bench bench-prune bench-scores bench-viewer bench-load bench-half-open bench-steer lock demo-model clean check-full-size
+.PHONY: install install-dev browser run test lint format bench bench-prune bench-scores bench-viewer bench-load bench-half-open bench-steer lock demo-model clean check-full-size wheelhouse wheelhouse-runpod check-wheelhouse
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +99,23 @@ bench-scores: install-dev
 # Llama (prompts 32 and 1024 tokens x 8/64/256 new). Last line: speedup_1024x64=... max_logit_diff=...
 bench-steer: install-dev
 	HF_HUB_OFFLINE=1 $(PY) bench/steer.py $(ARGS)
+
+# Offline wheels for a GPU host that has torch and no network (docs/air-gapped.md): writes
+# wheelhouse/ and wheelhouse/requirements.txt (hashed, no index), prints the size report.
+wheelhouse: install
+	$(PY) tools/wheelhouse.py build --python-version $(WHEEL_PYTHON) --platform $(WHEEL_PLATFORM) \
+	  --out wheelhouse
+
+# The Runpod image's wheels (the server's plus the runpod SDK); runpod/Dockerfile installs them.
+wheelhouse-runpod: install
+	$(PY) tools/wheelhouse.py build --profile runpod --python-version $(WHEEL_PYTHON) \
+	  --platform $(WHEEL_PLATFORM) --out wheelhouse-runpod
+
+# The air-gapped install tried here: cp312 download + closure check, then the cp311 wheelhouse
+# installed offline over a stand-in host, smoke test, demo graph, bench/gpu.py --tiny; the same
+# for the Runpod wheelhouse with one handler job (minutes; not part of `make test`).
+check-wheelhouse: install-dev
+	PY=$(PY) UV=$(UV) PYTHON=$(PYTHON) tools/check_wheelhouse.sh
 
 # Rebuild the committed demo model and transcoders (byte-identical; about 2.5 min on 2 cores).
 demo-model: install

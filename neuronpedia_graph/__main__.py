@@ -22,6 +22,8 @@ logger = logging.getLogger("neuronpedia_graph")
 
 
 def banner(loaded: Any, settings: Settings) -> str:
+    from neuronpedia_graph.versions import describe_versions
+
     spec = loaded.spec
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     lines = [
@@ -33,6 +35,7 @@ def banner(loaded: Any, settings: Settings) -> str:
         f"  load time      {loaded.load_seconds:.1f} s",
         f"  token limit    {settings.token_limit}   max feature nodes {settings.max_feature_nodes}",
         f"  url            http://{host}:{settings.port}  (POSTs need the x-secret-key header)",
+        f"  versions       {describe_versions()}",
     ]
     return "\n".join(lines)
 

@@ -139,6 +139,9 @@ def test_demo_loads_from_a_custom_local_directory_copy(tmp_path):
     assert loaded.spec.scan == "model"
     warning = next(line for line in banner(loaded, settings).splitlines() if "WARNING" in line)
     assert "no known Neuronpedia model id" in warning and "NEURONPEDIA_MODEL_ID" in warning
+    # ... and names the versions in use (which copy a mixed host environment loaded).
+    versions = next(line for line in banner(loaded, settings).splitlines() if "versions" in line)
+    assert "circuit-tracer 0.5.0" in versions and "torch " in versions
     ids = loaded.model.ensure_tokenized("The city of Paris is in")
     assert ids[0].item() == loaded.tokenizer.bos_token_id != 0
 
