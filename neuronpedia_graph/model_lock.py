@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from neuronpedia_graph.errors import ServerBusy
@@ -42,15 +42,25 @@ class ModelLock:
         return self._holder == "job"
 
     @contextmanager
-    def hold(self, timeout: float | None = None, *, behind_job: bool = False) -> Iterator[None]:
+    def hold(
+        self,
+        timeout: float | None = None,
+        *,
+        behind_job: bool = False,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Iterator[None]:
         """Hold the model for a synchronous caller.
 
         Args:
             timeout: None refuses at once when busy (503); seconds to wait (the Runpod worker).
             behind_job: wait (without a time limit) when the holder is a job, not a request.
+            on_wait: called once this caller is counted as waiting (a test hook point).
         """
         with self._cond:
-            if self._holder is not None:
+            waits = self._holder is not None
+            if not waits:
+                self._holder = "request"
+            else:
                 waits = timeout is not None or (
                     behind_job and self._holder == "job" and self._waiting < MAX_WAITING
                 )
@@ -59,13 +69,20 @@ class ModelLock:
                         self._refused_during_job = True
                     raise ServerBusy()
                 self._waiting += 1
-                try:
+        if waits:  # the model is not ours yet
+            try:
+                if on_wait is not None:
+                    on_wait()
+                with self._cond:
                     free = self._cond.wait_for(lambda: self._holder is None, timeout)
-                finally:
+                    if free:
+                        self._holder = "request"
+            finally:
+                with self._cond:
                     self._waiting -= 1
-                if not free:
-                    raise ServerBusy()
-            self._holder = "request"
+                    self._cond.notify_all()
+            if not free:
+                raise ServerBusy()
         try:
             yield
         finally:

@@ -198,11 +198,15 @@ class GraphService:
         if job:
             held = self.lock.hold_for_job(grace=ServerBusy.retry_after_seconds)
         else:
-            held = self.lock.hold(lock_timeout, behind_job=isinstance(request, GraphRequest))
+            held = self.lock.hold(
+                lock_timeout,
+                behind_job=isinstance(request, GraphRequest),
+                on_wait=lambda: self.hooks.reached("wait-for-model"),
+            )
         with reservation or contextlib.nullcontext():
             with held:
                 try:
-                    self.hooks.reached(op.name)
+                    self.hooks.reached("graph-job" if job else op.name)
                     if isinstance(request, GraphRequest):
                         tracker = tracker or ProgressTracker(hooks=self.hooks)
                         with instrumented(self.loaded.model, tracker, request.max_feature_nodes):

@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from neuronpedia_graph.api.auth import require_secret
 from neuronpedia_graph.api.responses import json_response
 from neuronpedia_graph.errors import InvalidField
-from neuronpedia_graph.jobs.models import ID_PATTERN, JobCreated
+from neuronpedia_graph.jobs.models import FINISHED, ID_PATTERN, JobCreated
 from neuronpedia_graph.schemas import GraphRequest, parse_request
 from neuronpedia_graph.stream_handoff import ENVIRON_KEY, Handoff, supported
 
@@ -143,7 +143,7 @@ def job_events(job_id: str) -> Response:
     pump.reserve()
     request.environ[ENVIRON_KEY] = Handoff(
         first=state_event(view, version),
-        take=lambda sock: pump.take(sock, job_id, version),
+        take=lambda sock: pump.take(sock, job_id, version, view.status in FINISHED),
         abandon=pump.release,
     )
     return Response(status=200, mimetype="text/event-stream", headers=headers)

@@ -97,10 +97,14 @@ class EventPump:
         with self._lock:
             self._reserved -= 1
 
-    def take(self, sock: socket.socket, job_id: str, version: int) -> None:
-        """Serve `sock` from now on; the head and the state at `version` were sent already."""
+    def take(self, sock: socket.socket, job_id: str, version: int, finished: bool) -> None:
+        """Serve `sock` from now on; the head and the state at `version` were sent already
+        (`finished`: that state was the last, so the stream only has to end)."""
         sock.setblocking(False)
         stream = _Stream(sock, job_id, version, next_beat=time.monotonic() + self.heartbeat_s)
+        if finished:
+            stream.ending = True
+            stream.pending += chunk(b"")
         with self._lock:
             self._incoming.append(stream)
         self.wake()

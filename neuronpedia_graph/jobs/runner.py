@@ -189,7 +189,9 @@ class JobRunner:
             job = self._get(job_id)
             record = job.record
             if record.status in FINISHED:
-                raise JobConflict(f"Job already finished ({record.status})", status=record.status)
+                raise JobConflict(
+                    f"Job already finished ({record.status})", job_status=record.status
+                )
             if record.status == "queued":
                 self._queue.remove(job_id)
                 record.status = "cancelled"
@@ -210,13 +212,13 @@ class JobRunner:
         if record.status != "done":
             raise JobConflict(
                 f"Job is {record.status}; its document exists once it is done",
-                status=record.status,
+                job_status=record.status,
             )
         body = self.store.read_document(job_id)
         if body is None:
             raise JobConflict(
                 "This job's graph was uploaded to its signed_url; the server keeps no copy",
-                status=record.status,
+                job_status=record.status,
             )
         return body
 
