@@ -9,7 +9,7 @@ UV := $(VENV)/uv/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
 
-.PHONY: install install-dev browser run test lint format bench bench-prune bench-viewer bench-load bench-half-open lock demo-model clean check-full-size
+.PHONY: install install-dev browser run test lint format bench bench-prune bench-viewer bench-load bench-jobs bench-half-open lock demo-model clean check-full-size
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,11 @@ bench-viewer: install-dev browser
 # upload targets (loopback only). Last line: errors=... health_p99_ms=... rss_growth_mb=...
 bench-load: install-dev
 	HF_HUB_OFFLINE=1 $(PY) bench/load.py $(ARGS)
+
+# Synchronous graphs with a full job queue against two synchronous clients (docs/jobs.md).
+# Last line: sync_503_today=... sync_503_with_jobs=... sync_p50_ms_alone=... ...
+bench-jobs: install-dev
+	HF_HUB_OFFLINE=1 $(PY) bench/jobs_sharing.py $(ARGS)
 
 # Half-open connections against stock gthread and our buffering worker (the worker's evidence).
 bench-half-open: install-dev

@@ -345,3 +345,29 @@ def test_a_restart_keeps_finished_jobs_and_fails_the_running_one(tmp_path):
         assert events[-1][1]["status"] == "failed"
         # The restarted server runs new jobs.
         assert final_state(server, submit(server).json()["id"])["status"] == "done"
+
+
+def test_a_call_refused_during_a_job_runs_before_the_next_job(jobs_server):
+    """After a job during which /steer was refused, the next job leaves the model to
+    synchronous callers for up to their Retry-After: the retried /steer runs first."""
+    control = hold_of(jobs_server)
+    post = lambda path, body: requests.post(  # noqa: E731
+        jobs_server.url(path), json=body, headers=AUTH, timeout=120
+    )
+    with control.hold("graph-feature-batch") as held:
+        first = submit(jobs_server).json()["id"]
+        held.wait()
+        second = submit(jobs_server, slug_identifier="after-steer").json()["id"]
+        assert post("/steer", steer_body()).status_code == 503
+        job_holds = control.hold("graph-job")
+        job_holds.__enter__()
+    try:
+        assert final_state(jobs_server, first)["status"] == "done"
+        mark = len(control.seen)
+        # Within the Retry-After (5 s) of the refused call; the test does nothing in between.
+        assert post("/steer", steer_body()).status_code == 200
+    finally:
+        job_holds.__exit__(None, None, None)
+    assert final_state(jobs_server, second)["status"] == "done"
+    after = control.seen[mark:]
+    assert after.index("steer") < after.index("graph-job"), after
