@@ -371,3 +371,39 @@ def test_a_call_refused_during_a_job_runs_before_the_next_job(jobs_server):
     assert final_state(jobs_server, second)["status"] == "done"
     after = control.seen[mark:]
     assert after.index("steer") < after.index("graph-job"), after
+
+
+def test_a_failed_job_carries_the_error_the_synchronous_call_gives(jobs_server):
+    from tests.fault_targets import closed_port_url
+
+    url = closed_port_url("/bucket/failing.json")
+    sync = requests.post(
+        jobs_server.url("/generate-graph"),
+        json={**graph_body_sync(), "signed_url": url},
+        headers=AUTH,
+        timeout=120,
+    )
+    assert sync.status_code == 502
+    res = requests.post(
+        jobs_server.url("/graphs"),
+        json={**graph_body_sync(), "signed_url": url},
+        headers=AUTH,
+        timeout=30,
+    )
+    state = final_state(jobs_server, res.json()["id"])
+    assert state["status"] == "failed" and state["error"]["status"] == 502
+    expected = {k: v for k, v in sync.json().items() if k not in ("request_id", "spool_file")}
+    body = state["error"]["body"]
+    assert {k: v for k, v in body.items() if k not in ("request_id", "spool_file")} == expected
+    assert body["request_id"] == state["id"] and body["spool_file"]
+    assert state["progress"] < 1.0 and state["result"] is None
+
+
+def test_a_bug_in_a_job_fails_it_with_500_and_the_next_job_runs(jobs_server):
+    control = hold_of(jobs_server)
+    control.fail("graph-prune")
+    state = final_state(jobs_server, submit(jobs_server).json()["id"])
+    assert state["status"] == "failed" and state["error"]["status"] == 500
+    assert state["error"]["body"]["error"] == "Internal server error (InjectedFault)"
+    assert requests.get(jobs_server.url("/check-busy"), timeout=10).json()["busy"] is False
+    assert final_state(jobs_server, submit(jobs_server).json()["id"])["status"] == "done"
