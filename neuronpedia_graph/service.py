@@ -209,7 +209,12 @@ class GraphService:
                     self.hooks.reached("graph-job" if job else op.name)
                     if isinstance(request, GraphRequest):
                         tracker = tracker or ProgressTracker(hooks=self.hooks)
-                        with instrumented(self.loaded.model, tracker, request.max_feature_nodes):
+                        with instrumented(
+                            self.loaded.model,
+                            tracker,
+                            request.max_feature_nodes,
+                            request.max_n_logits,
+                        ):
                             value = method(request, timings)
                     else:
                         value = method(request, timings)

@@ -44,7 +44,7 @@ for _name, _weight in PHASES:
     _START[_name] = _acc
     _acc += _weight
 del _acc, _name, _weight
-# Below 1 until the job is really done: only `finish` reports 1.
+# Below 1 until the job is really done: only its finished record says 1.
 _BEFORE_DONE = 0.999
 
 # What the wrappers rely on: attribute.py calls these, with these arguments.
@@ -63,8 +63,8 @@ class JobCancelled(Exception):
 class ProgressTracker:
     """The phase and progress (0–1) of one graph, reported to `on_change` as they move.
 
-    Progress never goes backwards and is 1 only after `finish`. Thread-safe: the runner thread
-    updates it while request threads read it.
+    Progress never goes backwards and stays below 1: only a done job's record says 1. Thread-
+    safe: the runner thread updates it while request threads read it.
 
     Args:
         on_change: called with (phase, progress) after every change (outside the lock).
@@ -97,12 +97,6 @@ class ProgressTracker:
         """`fraction` (0–1) of `phase` is done."""
         self._move(phase, fraction)
 
-    def finish(self) -> None:
-        with self._lock:
-            self.progress = 1.0
-            phase = self.phase or PHASE_NAMES[-1]
-        self._notify(phase, 1.0)
-
     def checkpoint(self, point: str) -> None:
         """A hook point and a cancellation point, reached before each wrapped call runs."""
         self.hooks.reached(point)
@@ -127,14 +121,18 @@ class ProgressTracker:
 
 
 @contextmanager
-def instrumented(model: Any, tracker: ProgressTracker, max_feature_nodes: int) -> Iterator[None]:
+def instrumented(
+    model: Any, tracker: ProgressTracker, max_feature_nodes: int, max_n_logits: int
+) -> Iterator[None]:
     """Wrap the calls `attribute()` makes through `model` while the block runs (model held).
 
     Args:
         model: the replacement model (nnsight or TransformerLens backend).
         tracker: where progress goes; its hooks and cancel flag are honoured at every call.
         max_feature_nodes: the request's cap (the feature phase ends at min(cap, active)).
+        max_n_logits: the request's cap on logit targets (the logit phase's estimate).
     """
+    tracker.logit_total = max(1, max_n_logits)
     original_setup = model.setup_attribution
     original_forward = model.run_forward_pass
 
@@ -158,7 +156,7 @@ def instrumented(model: Any, tracker: ProgressTracker, max_feature_nodes: int) -
             tracker.checkpoint("graph-logit-batch")
             rows = original_batch(*b_args, **b_kwargs)
             tracker.logits_done += len(layers)
-            tracker.within("logit_batches", tracker.logits_done / max(tracker.logits_done, 50))
+            tracker.within("logit_batches", tracker.logits_done / tracker.logit_total)
             return rows
 
         ctx.compute_batch = compute_batch

@@ -97,7 +97,6 @@ class JobRunner:
         self.cond = threading.Condition()
         self._jobs: dict[str, _Job] = {}
         self._queue: deque[str] = deque()
-        self._running: str | None = None
         self._listeners: list[Callable[[], None]] = []
         self.recover()
         self._thread = threading.Thread(target=self._loop, name="graph-jobs", daemon=True)
@@ -255,7 +254,6 @@ class JobRunner:
                 job = self._jobs[self._queue.popleft()]
                 job.record.status = "running"
                 job.record.started_at = time.time()
-                self._running = job.record.id
                 self.store.save(job.record)
                 self._changed(job)
             self._notify_listeners()
@@ -266,8 +264,6 @@ class JobRunner:
                 logger.exception("job %s: runner error", job.record.id)
             finally:
                 request_id_var.reset(token)
-                with self.cond:
-                    self._running = None
 
     def _run(self, job: _Job) -> None:
         from neuronpedia_graph.service import GraphResult, TrackedTimings
