@@ -241,6 +241,17 @@ def test_fifty_event_streams_leave_health_fast_and_the_next_is_refused(jobs_serv
         while b"event: heartbeat" not in received:
             received += sock.recv(65536)
         streams[0] = (sock, received)
+        # A client that goes away gives its place back (the event thread sees it close).
+        streams.pop()[0].close()
+        deadline = time.monotonic() + 30
+        while True:
+            url = jobs_server.url(f"/graphs/{job_id}/events")
+            res = requests.get(url, headers=AUTH, timeout=10, stream=True)
+            if res.status_code == 200 or time.monotonic() > deadline:
+                break
+            res.close()
+        assert res.status_code == 200
+        res.close()
     for sock, received in streams:
         text = (received + read_to_end(sock)).decode()
         body = text.split("\r\n\r\n", 1)[1]
@@ -275,6 +286,8 @@ def test_an_upload_job_never_stores_its_signed_url(jobs_server, s3):
     assert len(stored) == state["result"]["json_bytes"]
     listing = requests.get(jobs_server.url("/graphs?limit=100"), headers=AUTH, timeout=10)
     assert signature not in listing.text and "X-Amz" not in listing.text
+    res = requests.get(jobs_server.url(f"/graphs/{job_id}/document"), headers=AUTH, timeout=10)
+    assert res.status_code == 409 and "uploaded" in res.json()["error"]
     for path in Path(jobs_server.workdir).rglob("*"):
         if path.is_file():
             assert signature.encode() not in path.read_bytes(), path
