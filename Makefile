@@ -12,7 +12,7 @@ MODEL ?= $(or $(MODEL_ID),demo)
 WHEEL_PYTHON ?= 3.12
 WHEEL_PLATFORM ?= manylinux_2_28_x86_64
 
-.PHONY: install install-dev browser run test lint format bench bench-prune bench-scores bench-viewer bench-load bench-half-open bench-steer lock demo-model clean check-full-size wheelhouse wheelhouse-runpod check-wheelhouse
+.PHONY: install install-dev browser run test lint format bench bench-prune bench-scores bench-viewer bench-load bench-half-open bench-steer bench-jobs lock demo-model clean check-full-size wheelhouse wheelhouse-runpod check-wheelhouse
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ bench-viewer: install-dev browser
 # upload targets (loopback only). Last line: errors=... health_p99_ms=... rss_growth_mb=...
 bench-load: install-dev
 	HF_HUB_OFFLINE=1 $(PY) bench/load.py $(ARGS)
+
+# Synchronous graphs with a full job queue against two synchronous clients (docs/jobs.md).
+# Last line: sync_503_today=... sync_503_with_jobs=... sync_p50_ms_alone=... ...
+bench-jobs: install-dev
+	HF_HUB_OFFLINE=1 $(PY) bench/jobs_sharing.py $(ARGS)
 
 # Half-open connections against stock gthread and our buffering worker (the worker's evidence).
 bench-half-open: install-dev

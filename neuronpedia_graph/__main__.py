@@ -49,6 +49,9 @@ def build_app(settings: Settings, hooks: Hooks = NO_HOOKS) -> Any:
     hooks.reached("load")
     loaded = load_model(settings)
     app = create_app(GraphService(loaded, settings, hooks=hooks), settings.require_secret())
+    from neuronpedia_graph.api.jobs import start_jobs
+
+    start_jobs(app)  # recover the job store now, not at the first job request
     print(banner(loaded, settings), file=sys.stderr, flush=True)
     return app
 

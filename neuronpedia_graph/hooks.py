@@ -8,7 +8,15 @@ fault-injection switch out of the environment that production reads.
 
 Points reached today:
 - `load`: in the serving process, just before the model loads;
-- an operation's name (`generate-graph`, `forward-pass`, `steer`): once the model is held for it.
+- an operation's name (`generate-graph`, `forward-pass`, `steer`): once the model is held for it
+  by a synchronous request; `graph-job` once it is held for a queued graph job;
+- `wait-for-model`: a synchronous caller starts waiting for the model (a `/generate-graph` behind
+  a running job, or the Runpod worker's timeout); it is counted as waiting when this is reached;
+- `job-start`: the job runner took a job from the queue (before its upload slot and the model);
+- in every graph, before each call attribution makes through the model: `graph-activations`,
+  `graph-forward-pass`, `graph-logit-batch` (each logit batch), `graph-feature-batch` (each
+  feature batch); and in jobs and the Runpod worker, at each later phase: `graph-prune`,
+  `graph-build-json`, `graph-compress`, `graph-upload`. A job's cancel takes effect at these.
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ from pydantic import BaseModel
 
 from neuronpedia_graph import __version__, graph_json
 from neuronpedia_graph.compression import gzip_compress
-from neuronpedia_graph.errors import GraphTooLarge
+from neuronpedia_graph.errors import GraphTooLarge, ServerBusy
 from neuronpedia_graph.hooks import NO_HOOKS, Hooks
+from neuronpedia_graph.jobs.progress import PHASE_NAMES, ProgressTracker, instrumented
 from neuronpedia_graph.model_lock import ModelLock
 from neuronpedia_graph.models.loading import LoadedModel, circuit_tracer_version
 from neuronpedia_graph.operations import Operation
@@ -73,6 +74,22 @@ class Timings:
 
     def server_timing(self) -> str:
         return ", ".join(f"{name};dur={ms:.1f}" for name, ms in self.phases.items())
+
+
+class TrackedTimings(Timings):
+    """Timings that also move a graph's progress tracker to each phase as it starts."""
+
+    def __init__(self, tracker: ProgressTracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if name in PHASE_NAMES:  # each later phase is a cancellation point too
+            self.tracker.enter(name)
+            self.tracker.checkpoint("graph-" + name.replace("_", "-"))
+        with super().phase(name):
+            yield
 
 
 @dataclass
@@ -127,7 +144,14 @@ class GraphService:
         )
 
     # ---------------------------------------------------------------- dispatch
-    def run(self, op: Operation, body: Any, *, lock_timeout: float | None = None) -> Outcome:
+    def run(
+        self,
+        op: Operation,
+        body: Any,
+        *,
+        lock_timeout: float | None = None,
+        tracker: ProgressTracker | None = None,
+    ) -> Outcome:
         """Validate `body` for `op` and do it.
 
         Every operation method takes the validated request and the request's `Timings`.
@@ -135,25 +159,68 @@ class GraphService:
         Args:
             op: the operation.
             body: the decoded JSON body.
-            lock_timeout: seconds to wait for a busy model; None answers busy (503) at once.
+            lock_timeout: seconds to wait for a busy model; None answers busy (503) at once
+                (a graph waits behind a queued job, see `neuronpedia_graph.model_lock`).
+            tracker: where a graph reports its phases and progress (the Runpod worker).
 
         Returns:
             The outcome: an `op.response` model, or a `GraphResult` for graphs.
         """
-        timings = Timings()
+        timings = TrackedTimings(tracker) if tracker is not None else Timings()
         with timings.phase("tokenize"):  # validation renders and tokenizes the prompt
             request = parse_request(op.request, body, self.context)
+        return self.execute(op, request, timings, lock_timeout=lock_timeout, tracker=tracker)
+
+    def execute(
+        self,
+        op: Operation,
+        request: BaseModel,
+        timings: Timings,
+        *,
+        lock_timeout: float | None = None,
+        tracker: ProgressTracker | None = None,
+        job: bool = False,
+    ) -> Outcome:
+        """Do `op` for an already validated request (`run`, and queued graph jobs).
+
+        Args:
+            op: the operation.
+            request: the request, validated with this service's context.
+            timings: the request's phase timings.
+            lock_timeout: as in `run`.
+            tracker: progress and cancellation of a graph (see `neuronpedia_graph.jobs`).
+            job: a queued job: it takes the model after synchronous callers
+                (`ModelLock.hold_for_job`).
+        """
         method = getattr(self, op.method)
         if not op.needs_lock:
             return Outcome(method(request, timings), timings)
         # Reserved before the model is taken, so a refused or busy resource costs no GPU time;
         # given back if anything before the finish step fails.
         reservation = getattr(self, op.reserve)(request, lock_timeout) if op.reserve else None
+        if job:
+            held = self.lock.hold_for_job(grace=ServerBusy.retry_after_seconds)
+        else:
+            held = self.lock.hold(
+                lock_timeout,
+                behind_job=isinstance(request, GraphRequest),
+                on_wait=lambda: self.hooks.reached("wait-for-model"),
+            )
         with reservation or contextlib.nullcontext():
-            with self.lock.hold(lock_timeout):
+            with held:
                 try:
-                    self.hooks.reached(op.name)
-                    value = method(request, timings)
+                    self.hooks.reached("graph-job" if job else op.name)
+                    if isinstance(request, GraphRequest):
+                        tracker = tracker or ProgressTracker(hooks=self.hooks)
+                        with instrumented(
+                            self.loaded.model,
+                            tracker,
+                            request.max_feature_nodes,
+                            request.max_n_logits,
+                        ):
+                            value = method(request, timings)
+                    else:
+                        value = method(request, timings)
                 finally:
                     self.free_memory()
             if op.finish:

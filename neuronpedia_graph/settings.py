@@ -133,6 +133,18 @@ class Settings(BaseSettings):
     request_read_timeout: float = _setting(
         30.0, "seconds a client has to send a whole request before it is dropped", gt=0
     )
+    job_queue_size: int = _setting(
+        16, "graph jobs that may wait in the queue (POST /graphs); full: 503", ge=1, le=10_000
+    )
+    graph_store_dir: Path = _setting(
+        Path("graph-store"), "where job records and finished job documents are kept"
+    )
+    job_event_streams: int = _setting(
+        256, "event streams (GET /graphs/<id>/events) open at once; more: 503", ge=1, le=10_000
+    )
+    job_events_heartbeat: float = _setting(
+        15.0, "seconds between heartbeat events on a job's event stream", gt=0
+    )
     log_level: str = _setting("INFO", "DEBUG | INFO | WARNING")
     viewer: bool = _setting(True, "serve the graph viewer page at /")
     dev: bool = _setting(False, "use Flask's development server instead of gunicorn")

@@ -27,9 +27,11 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neuronpedia_graph.errors import ServiceError
+from neuronpedia_graph.jobs.progress import ProgressTracker
+from neuronpedia_graph.jobs.reporter import ThrottledReporter
 from neuronpedia_graph.logging_setup import request_id_var
 from neuronpedia_graph.operations import BY_NAME
-from neuronpedia_graph.schemas import parse_request
+from neuronpedia_graph.schemas import GraphRequest, parse_request
 from neuronpedia_graph.service import GraphResult, GraphService
 
 logger = logging.getLogger("neuronpedia_graph.runpod")
@@ -42,6 +44,11 @@ LOCK_TIMEOUT_S = 600.0
 # The SDK warns above 20 MB of output and Runpod does not deliver larger results reliably.
 # The graph is re-encoded by the SDK's json.dumps (looser than orjson), hence the margin.
 MAX_OUTPUT_BYTES = 15_000_000
+
+# Progress updates (graphs): on a phase change, else at most one per this many seconds; each
+# one's POST may take this long before the next is sent anyway.
+PROGRESS_INTERVAL_S = 2.0
+PROGRESS_SEND_TIMEOUT_S = 10.0
 
 # Epoch values below this are seconds (or garbage), not milliseconds: 1e11 ms is March 1973.
 _SMALLEST_PLAUSIBLE_MS = 1e11
@@ -160,6 +167,21 @@ def error_output(exc: ServiceError) -> dict[str, Any]:
     return {**exc.body(), "status": exc.status}
 
 
+def sdk_progress_update(job: Job) -> Callable[[dict[str, Any]], None]:
+    """The SDK's `progress_update` for `job`, waiting for the thread it starts, so that the
+    updates of one job reach Runpod in the order they were made."""
+
+    def send(update: dict[str, Any]) -> None:
+        from runpod.serverless import progress_update
+
+        before = set(threading.enumerate())
+        progress_update(job, update)
+        for thread in set(threading.enumerate()) - before:
+            thread.join(PROGRESS_SEND_TIMEOUT_S)
+
+    return send
+
+
 def run_request(
     service: GraphService,
     request_type: str,
@@ -167,9 +189,16 @@ def run_request(
     *,
     lock_timeout: float,
     max_output_bytes: int,
+    progress: Callable[[str, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Do one job through the service, shaping the output like the HTTP 200 body."""
-    outcome = service.run(BY_NAME[request_type], body, lock_timeout=lock_timeout)
+    """Do one job through the service, shaping the output like the HTTP 200 body.
+
+    `progress` receives a graph's (phase, progress) as it moves (see `ThrottledReporter`).
+    """
+    tracker = None
+    if progress is not None and BY_NAME[request_type].request is GraphRequest:
+        tracker = ProgressTracker(on_change=progress, hooks=service.hooks)
+    outcome = service.run(BY_NAME[request_type], body, lock_timeout=lock_timeout, tracker=tracker)
     value = outcome.value
     if not isinstance(value, GraphResult):
         return value.model_dump(mode="json")
@@ -193,12 +222,18 @@ def process_job(
     *,
     lock_timeout: float = LOCK_TIMEOUT_S,
     max_output_bytes: int = MAX_OUTPUT_BYTES,
+    send_progress: Callable[[Job], Callable[[dict[str, Any]], None]] | None = None,
 ) -> dict[str, Any]:
-    """Never raises: every outcome is an output, and failures carry ``error``."""
+    """Never raises: every outcome is an output, and failures carry ``error``.
+
+    With `send_progress` (the worker passes `sdk_progress_update`), a graph's phases are
+    reported while it runs, throttled.
+    """
     arrived_ms = time.time() * 1000
     job_id = str(job.get("id", "-")) if isinstance(job, dict) else "-"
     token = request_id_var.set(job_id)
     started = time.perf_counter()
+    reporter: ThrottledReporter | None = None
     request_type = outcome = "-"
     try:
         job_input = job.get("input") if isinstance(job, dict) else None
@@ -206,13 +241,20 @@ def process_job(
         request_type = envelope.request_type
         check_deadline(envelope.deadline, arrived_ms)
         body = {k: v for k, v in job_input.items() if k not in WORKER_FIELDS}
-        output = run_request(
-            get_service(),
-            envelope.request_type,
-            body,
-            lock_timeout=lock_timeout,
-            max_output_bytes=max_output_bytes,
-        )
+        if send_progress is not None:
+            reporter = ThrottledReporter(send_progress(job), PROGRESS_INTERVAL_S)
+        try:
+            output = run_request(
+                get_service(),
+                envelope.request_type,
+                body,
+                lock_timeout=lock_timeout,
+                max_output_bytes=max_output_bytes,
+                progress=reporter,
+            )
+        finally:
+            if reporter is not None:
+                reporter.close()
         outcome = "ok"
         return output
     except ServiceError as exc:
@@ -237,13 +279,18 @@ def make_handler(
     *,
     lock_timeout: float = LOCK_TIMEOUT_S,
     max_output_bytes: int = MAX_OUTPUT_BYTES,
+    send_progress: Callable[[Job], Callable[[dict[str, Any]], None]] | None = None,
 ) -> Handler:
     """A Runpod handler around a loaded service (tests) or a loader called per job (worker)."""
     get_service = (lambda: service) if isinstance(service, GraphService) else service
 
     def handler(job: Job) -> dict[str, Any]:
         return process_job(
-            job, get_service, lock_timeout=lock_timeout, max_output_bytes=max_output_bytes
+            job,
+            get_service,
+            lock_timeout=lock_timeout,
+            max_output_bytes=max_output_bytes,
+            send_progress=send_progress,
         )
 
     return handler
@@ -251,7 +298,7 @@ def make_handler(
 
 # Reads the environment on first use, not at import: importing this module loads nothing.
 LOADER = ServiceLoader()
-handler: Handler = make_handler(LOADER.get)
+handler: Handler = make_handler(LOADER.get, send_progress=sdk_progress_update)
 
 
 def main() -> None:

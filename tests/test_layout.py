@@ -28,7 +28,8 @@ def test_routes_and_runpod_request_types_come_from_the_operations_table(app):
     from neuronpedia_graph.operations import BY_NAME, OPERATIONS
 
     posts = {r.rule for r in app.url_map.iter_rules() if "POST" in r.methods}
-    assert posts == {op.path for op in OPERATIONS}
+    # Plus the job queue, which queues the generate-graph operation (neuronpedia_graph.jobs).
+    assert posts == {op.path for op in OPERATIONS} | {"/graphs"}
     for op in OPERATIONS:
         assert BY_NAME[op.name] is op
         assert all(BY_NAME[alias] is op for alias in op.runpod_aliases)

@@ -27,7 +27,7 @@ def create_app(service: GraphService, secret: str | None = None) -> Flask:
     Returns:
         The Flask app.
     """
-    from neuronpedia_graph.api import auth, errors, hooks, routes
+    from neuronpedia_graph.api import auth, errors, hooks, jobs, routes
     from neuronpedia_graph.metrics import Metrics
 
     app = Flask("neuronpedia_graph")
@@ -43,8 +43,12 @@ def create_app(service: GraphService, secret: str | None = None) -> Flask:
     hooks.init_app(app)
     errors.init_app(app)
     routes.init_app(app)
+    jobs.init_app(app)
     if service.settings.viewer:
         from neuronpedia_graph.viewer import viewer_blueprint
 
         app.register_blueprint(viewer_blueprint)
+    from neuronpedia_graph.serving.stream_handoff import HandoffMiddleware
+
+    app.wsgi_app = HandoffMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     return app

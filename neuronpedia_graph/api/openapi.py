@@ -143,7 +143,10 @@ def build_openapi() -> dict[str, Any]:
     Returns:
         The document as a JSON-ready dict.
     """
+    from neuronpedia_graph.api import openapi_jobs
+
     models: list[type[BaseModel]] = [HealthResponse, BusyResponse, ErrorResponse]
+    models.extend(openapi_jobs.MODELS)
     for op in OPERATIONS:
         models.extend((op.request, op.response))
     _, definitions = models_json_schema(
@@ -159,13 +162,14 @@ def build_openapi() -> dict[str, Any]:
     }
     for op in OPERATIONS:
         paths[op.path] = {"post": _operation(op)}
+    paths.update(openapi_jobs.job_paths(lambda name: {"$ref": _REF.format(model=name)}, _error))
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "neuronpedia-graph",
             "version": __version__,
             "description": "Attribution graphs (circuit-tracer), forward passes, steering and "
-            "chat-prompt parsing for one loaded model. Errors are JSON: "
+            "chat-prompt parsing for one loaded model, and queued graph jobs. Errors are JSON: "
             '{"error": "<message>", "request_id": "...", ...}.',
         },
         "paths": paths,

@@ -85,6 +85,7 @@ from neuronpedia_graph.serving.framing import (
     error_response_bytes,
     rejection_for,
 )
+from neuronpedia_graph.serving.stream_handoff import HandoffWorkerMixin
 
 DEFAULT_REQUEST_READ_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20
@@ -372,7 +373,7 @@ def configured_worker(
     """
     return type(
         "BufferedThreadWorker",
-        (BufferedThreadWorker,),
+        (HandoffWorkerMixin, BufferedThreadWorker),
         {
             "request_read_timeout": float(request_read_timeout),
             "max_body_bytes": int(max_body_bytes),

@@ -1,0 +1,149 @@
+"""The job routes: POST/GET /graphs, GET/DELETE /graphs/<id>, its document and its events.
+
+Every route needs the secret: a job is visible only to holders of it. The job runner and the
+event pump are built on first use (`runner_for`), or at start-up by the server (`start_jobs`),
+so an app that never serves jobs (tests of other endpoints) starts no threads and writes no
+store.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from flask import Blueprint, Flask, Response, current_app, request
+
+from neuronpedia_graph.api.auth import require_secret
+from neuronpedia_graph.api.responses import json_response
+from neuronpedia_graph.errors import InvalidField
+from neuronpedia_graph.jobs.models import FINISHED, ID_PATTERN, JobCreated
+from neuronpedia_graph.schemas import GraphRequest, parse_request
+from neuronpedia_graph.serving.stream_handoff import ENVIRON_KEY, Handoff, supported
+
+if TYPE_CHECKING:
+    from neuronpedia_graph.jobs.events import EventPump
+    from neuronpedia_graph.jobs.runner import JobRunner
+    from neuronpedia_graph.service import GraphService
+
+MAX_PAGE = 100
+_START_LOCK = threading.Lock()
+
+
+def init_app(app: Flask) -> None:
+    bp = Blueprint("jobs", __name__)
+    bp.add_url_rule("/graphs", view_func=require_secret(create_job), methods=["POST"])
+    bp.add_url_rule("/graphs", view_func=require_secret(list_jobs), methods=["GET"])
+    bp.add_url_rule("/graphs/<job_id>", view_func=require_secret(get_job), methods=["GET"])
+    bp.add_url_rule("/graphs/<job_id>", view_func=require_secret(cancel_job), methods=["DELETE"])
+    bp.add_url_rule(
+        "/graphs/<job_id>/document", view_func=require_secret(job_document), methods=["GET"]
+    )
+    bp.add_url_rule(
+        "/graphs/<job_id>/events", view_func=require_secret(job_events), methods=["GET"]
+    )
+    app.register_blueprint(bp)
+
+
+def start_jobs(app: Flask) -> tuple[JobRunner, EventPump]:
+    """The app's job runner and event pump, created (and the store recovered) on first call."""
+    with _START_LOCK:
+        parts = app.extensions.get("npg_jobs")
+        if parts is None:
+            from neuronpedia_graph.jobs.events import EventPump
+            from neuronpedia_graph.jobs.runner import JobRunner
+            from neuronpedia_graph.jobs.store import JobStore
+
+            service: GraphService = app.extensions["npg_service"]
+            settings = service.settings
+            runner = JobRunner(service, JobStore(settings.graph_store_dir), settings.job_queue_size)
+            pump = EventPump(runner, settings.job_event_streams, settings.job_events_heartbeat)
+            parts = app.extensions["npg_jobs"] = (runner, pump)
+        return parts
+
+
+def _runner() -> JobRunner:
+    return start_jobs(current_app)[0]
+
+
+def _job_id(job_id: str) -> str:
+    from neuronpedia_graph.jobs.runner import JobNotFound
+
+    if not ID_PATTERN.match(job_id):
+        raise JobNotFound()
+    return job_id
+
+
+def create_job() -> Response:
+    from neuronpedia_graph.api.routes import _body
+
+    service: GraphService = current_app.extensions["npg_service"]
+    # Validated exactly as /generate-graph validates, before anything is queued.
+    graph_request = parse_request(GraphRequest, _body(), service.context)
+    if graph_request.signed_url is not None:
+        service.uploads.check(graph_request.signed_url)
+    view = _runner().submit(graph_request)
+    created = JobCreated(
+        id=view.id, status=view.status, queue_position=view.queue_position, links=view.links
+    )
+    return json_response(created, 202, headers={"Location": view.links.self})
+
+
+def list_jobs() -> Response:
+    def number(name: str, default: int, low: int, high: int) -> int:
+        raw = request.args.get(name)
+        if raw is None:
+            return default
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise InvalidField(
+                f"Invalid request: {name}: must be an integer from {low} to {high}", fields=[name]
+            )
+        return int(raw)
+
+    limit = number("limit", 20, 1, MAX_PAGE)
+    offset = number("offset", 0, 0, 10**9)
+    return json_response(_runner().list(offset, limit))
+
+
+def get_job(job_id: str) -> Response:
+    return json_response(_runner().view(_job_id(job_id)))
+
+
+def cancel_job(job_id: str) -> Response:
+    view = _runner().cancel(_job_id(job_id))
+    return json_response(view, 200 if view.status == "cancelled" else 202)
+
+
+def job_document(job_id: str) -> Response:
+    body = _runner().document(_job_id(job_id))
+    headers = {"Vary": "Accept-Encoding"}
+    if request.accept_encodings.best_match(("gzip", "identity")) == "gzip":
+        from neuronpedia_graph.compression import gzip_compress
+
+        service: GraphService = current_app.extensions["npg_service"]
+        body = gzip_compress(body, level=service.settings.gzip_level)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, status=200, mimetype="application/json", headers=headers)
+
+
+def job_events(job_id: str) -> Response:
+    from neuronpedia_graph.jobs.events import state_event, stream_events
+
+    runner, pump = start_jobs(current_app)
+    job_id = _job_id(job_id)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if not supported():
+        runner.view(job_id)  # 404 before the stream starts
+        heartbeat = current_app.extensions["npg_service"].settings.job_events_heartbeat
+        return Response(
+            stream_events(runner, job_id, heartbeat), mimetype="text/event-stream", headers=headers
+        )
+    with runner.cond:
+        version = runner.version(job_id)
+        view = runner.view(job_id)
+    pump.reserve()
+    request.environ[ENVIRON_KEY] = Handoff(
+        first=state_event(view, version),
+        take=lambda sock: pump.take(sock, job_id, version, view.status in FINISHED),
+        abandon=pump.release,
+    )
+    return Response(status=200, mimetype="text/event-stream", headers=headers)

@@ -1,0 +1,169 @@
+"""The job endpoints' part of the OpenAPI document (`neuronpedia_graph.api.openapi` merges it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from neuronpedia_graph.jobs.models import ID_PATTERN, JobCreated, JobList, JobView
+from neuronpedia_graph.schemas import GraphRequest
+
+MODELS: tuple[type[BaseModel], ...] = (JobCreated, JobView, JobList)
+
+_TEXT = {
+    401: "The x-secret-key header is missing",
+    403: "The x-secret-key header is wrong",
+    404: "No job with this id",
+    409: "The job is not in a state that allows this (the body says which it is in)",
+    422: "A query parameter is out of bounds (`fields` names it)",
+    503: "Busy: the job queue is full, or too many event streams are open; retry after "
+    "Retry-After seconds",
+}
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": ID_PATTERN.pattern},
+}
+
+
+def job_paths(ref: Callable[[str], dict[str, Any]], error: Callable[[int], dict]) -> dict:
+    """The /graphs paths.
+
+    Args:
+        ref: a model name -> its `$ref` schema.
+        error: a status -> its documented error response (for the statuses the POSTs share).
+    """
+
+    def err(status: int) -> dict[str, Any]:
+        if status in (400, 413):
+            return error(status)
+        response: dict[str, Any] = {
+            "description": _TEXT[status],
+            "content": {"application/json": {"schema": ref("ErrorResponse")}},
+        }
+        if status == 503:
+            response["headers"] = {
+                "Retry-After": {"description": "seconds", "schema": {"type": "integer"}}
+            }
+        return response
+
+    def ok(description: str, schema: dict[str, Any], media: str = "application/json") -> dict:
+        return {"description": description, "content": {media: {"schema": schema}}}
+
+    def op(op_id: str, summary: str, responses: dict[int, dict], **extra: Any) -> dict:
+        return {
+            "operationId": op_id,
+            "summary": summary,
+            "security": [{"secretKey": []}],
+            "responses": {str(k): v for k, v in responses.items()},
+            **extra,
+        }
+
+    view = ok("The job now", ref("JobView"))
+    created = ok("Queued", ref("JobCreated"))
+    created["headers"] = {
+        "Location": {"description": "the job's path", "schema": {"type": "string"}}
+    }
+    return {
+        "/graphs": {
+            "post": op(
+                "create_graph_job",
+                "Queue an attribution graph: the /generate-graph body; answers at once",
+                {
+                    202: created,
+                    **{s: error(s) for s in (400, 401, 403, 413, 422)},
+                    503: err(503),
+                },
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": ref(GraphRequest.__name__),
+                            "example": {
+                                "prompt": "The city of Paris is in",
+                                "model_id": "demo",
+                                "slug_identifier": "paris-job",
+                                "max_feature_nodes": 500,
+                            },
+                        }
+                    },
+                },
+            ),
+            "get": op(
+                "list_graph_jobs",
+                "Jobs this server knows, newest first",
+                {
+                    200: ok("A page of jobs", ref("JobList")),
+                    401: err(401),
+                    403: err(403),
+                    422: err(422),
+                },
+                parameters=[
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                    },
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "default": 0},
+                    },
+                ],
+            ),
+        },
+        "/graphs/{job_id}": {
+            "get": op(
+                "get_graph_job",
+                "A job's status, queue position, phase, progress, timings, result or error",
+                {200: view, 401: err(401), 403: err(403), 404: err(404)},
+                parameters=[_JOB_ID],
+            ),
+            "delete": op(
+                "cancel_graph_job",
+                "Cancel: a queued job is removed (200); a running one stops at its next batch "
+                "(202)",
+                {
+                    200: view,
+                    202: ok("Cancel requested; the job ends cancelled", ref("JobView")),
+                    401: err(401),
+                    403: err(403),
+                    404: err(404),
+                    409: err(409),
+                },
+                parameters=[_JOB_ID],
+            ),
+        },
+        "/graphs/{job_id}/document": {
+            "get": op(
+                "get_graph_job_document",
+                "A done job's graph document (gzip'd when the client accepts it)",
+                {
+                    200: ok("The graph document", ref("GraphDocument")),
+                    401: err(401),
+                    403: err(403),
+                    404: err(404),
+                    409: err(409),
+                },
+                parameters=[_JOB_ID],
+            ),
+        },
+        "/graphs/{job_id}/events": {
+            "get": op(
+                "graph_job_events",
+                "The job's states as Server-Sent Events (`state` events, a `heartbeat` every "
+                "JOB_EVENTS_HEARTBEAT s); the stream ends after the finished state",
+                {
+                    200: ok("An event stream", {"type": "string"}, "text/event-stream"),
+                    401: err(401),
+                    403: err(403),
+                    404: err(404),
+                    503: err(503),
+                },
+                parameters=[_JOB_ID],
+            ),
+        },
+    }

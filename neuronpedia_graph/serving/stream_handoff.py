@@ -1,0 +1,129 @@
+"""Long-lived responses (event streams) handed from a request thread to one stream thread.
+
+gunicorn's gthread worker writes a response from the pool thread that ran the application, so
+a stream that lasts minutes would hold that thread for minutes: a few open streams would take
+every thread and `/health` would stop answering. Here the application writes the response head
+itself, gives the socket to a `StreamPump` (one thread and a selector for every stream), and
+tells the worker it has done so; the pool thread is free at once.
+
+The protocol, kept apart from the buffering worker (`neuronpedia_graph.serving.worker`) so each has
+one job:
+- the WSGI app is wrapped by `HandoffMiddleware`; a view that wants to stream puts a
+  `Handoff` in `environ[ENVIRON_KEY]` and returns its usual Flask response (status, headers,
+  after-request hooks all apply). The middleware writes that head, hands the socket and the
+  first bytes to the handoff's `take` callback, records the socket as claimed, and raises
+  `StreamHandedOff`;
+- the worker mixin (`HandoffWorkerMixin`) swallows `StreamHandedOff` (nothing is written, nothing
+  logged as an error) and, when the pool thread is done, leaves claimed sockets open and no
+  longer counted as its connections.
+
+Where there is no such worker (Flask's development server, the test client), `supported()` is
+false and views fall back to an ordinary streaming response, which holds its thread.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+ENVIRON_KEY = "npg.stream_handoff"
+_claimed: set[int] = set()
+_claimed_lock = threading.Lock()
+_supported = False
+
+
+class StreamHandedOff(Exception):
+    """The application took the connection; the worker must write nothing more on it."""
+
+
+@dataclass
+class Handoff:
+    """What a view asks for: after the head, `first` is sent and `take(sock)` runs;
+    `abandon()` runs instead when the client is already gone."""
+
+    first: bytes
+    take: Callable[[socket.socket], None]
+    abandon: Callable[[], None]
+
+
+def supported() -> bool:
+    """Whether this process runs under a worker that accepts handed-off sockets."""
+    return _supported
+
+
+def _claim(sock: socket.socket) -> None:
+    with _claimed_lock:
+        _claimed.add(id(sock))
+
+
+def _unclaim(sock: Any) -> bool:
+    with _claimed_lock:
+        if id(sock) in _claimed:
+            _claimed.discard(id(sock))
+            return True
+        return False
+
+
+class HandoffMiddleware:
+    """Wraps the Flask WSGI app: performs the handoff a view asked for (see module doc)."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        captured: list[Any] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            captured[:] = [status, headers]
+            return start_response(status, headers, exc_info)
+
+        result = self.app(environ, capture)
+        handoff: Handoff | None = environ.get(ENVIRON_KEY)
+        sock = environ.get("gunicorn.socket")
+        if handoff is None or sock is None or not supported() or not captured:
+            return result
+        if hasattr(result, "close"):
+            result.close()
+        status, headers = captured
+        lines = [f"HTTP/1.1 {status}"]
+        lines += [f"{name}: {value}" for name, value in headers if name.lower() != "content-length"]
+        lines += ["Transfer-Encoding: chunked", "Connection: close", "", ""]
+        head = "\r\n".join(lines).encode("latin-1")
+        try:
+            sock.sendall(head + chunk(handoff.first))
+        except OSError:
+            handoff.abandon()
+            raise
+        _claim(sock)
+        handoff.take(sock)
+        raise StreamHandedOff()
+
+
+def chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk (the empty chunk ends the body)."""
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b"0\r\n\r\n"
+
+
+class HandoffWorkerMixin:
+    """For the gunicorn worker class: accept sockets the application took (see module doc)."""
+
+    nr_conns: int
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        global _supported
+        super().__init__(*args, **kwargs)
+        _supported = True
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        if isinstance(exc, StreamHandedOff):
+            return
+        super().handle_error(req, client, addr, exc)  # type: ignore[misc]
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        if _unclaim(conn.sock):
+            self.nr_conns -= 1  # the stream thread owns the socket now
+            return
+        super().finish_request(conn, fs)  # type: ignore[misc]
