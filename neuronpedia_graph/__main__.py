@@ -64,7 +64,14 @@ def serve_gunicorn(settings: Settings, worker_class: str | type | None = None) -
 
     guard = BootGuard()
     if worker_class is None:
-        worker_class = configured_worker(settings.request_read_timeout, MAX_BODY_BYTES)
+        worker_class = configured_worker(
+            settings.request_read_timeout,
+            MAX_BODY_BYTES,
+            idle_timeout=settings.idle_timeout,
+            max_connections=settings.max_connections,
+            request_buffer_budget=settings.request_buffer_budget,
+            write_timeout=settings.write_timeout,
+        )
 
     class GraphServer(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -75,6 +82,7 @@ def serve_gunicorn(settings: Settings, worker_class: str | type | None = None) -
                 # Requests waiting on their upload hold a thread each: give them their own.
                 "threads": settings.threads + settings.upload_workers,
                 "post_worker_init": lambda _worker: install_shutdown_notice(),
+                "worker_connections": settings.max_connections,
                 "timeout": 0,
                 "graceful_timeout": 30,
                 "control_socket_disable": True,

@@ -41,6 +41,7 @@ CHUNKED = (
     b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
 )
 LENGTH = b"POST /steer HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world"
+CHUNKED_HEAD = b"POST /steer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 HEAD_ONLY = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
@@ -59,7 +60,7 @@ def test_pipelined_request_is_cut_where_gunicorn_ends_it():
 
 
 def test_bad_chunk_size_is_rejected_once_its_line_ends():
-    head = b"POST /steer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = b"POST /steer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     f = framer()
     assert f.feed(bytearray(head + b"ZZ")) is None
     with pytest.raises(RequestRejected) as err:
@@ -68,14 +69,14 @@ def test_bad_chunk_size_is_rejected_once_its_line_ends():
 
 
 def test_chunk_without_terminator_is_rejected():
-    bad = b"POST /steer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n"
+    bad = CHUNKED_HEAD + b"3\r\nabcXY0\r\n\r\n"
     with pytest.raises(RequestRejected) as err:
         framer().feed(bytearray(bad))
     assert err.value.status == 400
 
 
 def test_chunked_body_reaching_the_limit_is_413_before_it_ends():
-    head = b"POST /steer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = b"POST /steer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     with pytest.raises(RequestRejected) as err:
         framer().feed(bytearray(head + b"%x\r\n" % MAX_BODY))
     assert err.value.status == 413
@@ -83,7 +84,8 @@ def test_chunked_body_reaching_the_limit_is_413_before_it_ends():
 
 def test_declared_length_over_the_limit_is_413_before_the_body():
     with pytest.raises(RequestRejected) as err:
-        framer().feed(bytearray(b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1)))
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1)
+        framer().feed(bytearray(head))
     assert err.value.status == 413
 
 
@@ -105,7 +107,7 @@ def test_head_over_gunicorns_buffer_is_431_before_it_ends():
 
 
 def test_expect_continue_is_reported_once_and_only_while_the_body_is_missing():
-    head = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
     f = framer()
     assert f.feed(bytearray(head)) is None
     assert f.take_continue() is True
