@@ -86,6 +86,9 @@ DEFAULT_WRITE_TIMEOUT = 30.0
 LINGER_SECONDS = 2.0  # how long a closing connection's unread input is drained
 READ_PER_EVENT = 1 << 16  # fairness: one readable event reads (and frames) at most this much
 WRITE_PER_EVENT = 1 << 20  # fairness: one writable event sends at most this much
+# Descriptors kept free for the application (model files, uploads, logs) under the soft
+# RLIMIT_NOFILE: connections beyond it are shed like any others at the connection limit.
+DESCRIPTOR_RESERVE = 64
 ACCEPT_PAUSE_SECONDS = 1.0  # accepting pauses this long when no descriptor can be freed
 _RECV_SIZE = 1 << 16
 _NO_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -242,6 +245,32 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             self._last_warning[key] = now
             self.log.warning(message, *args)
 
+    def run(self) -> None:
+        self._fit_descriptor_limit()
+        super().run()
+
+    def _fit_descriptor_limit(self) -> None:
+        """Lower the connection limit to what RLIMIT_NOFILE leaves after the application's share."""
+        import os
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return
+        try:
+            in_use = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            in_use = 64
+        room = max(soft - in_use - DESCRIPTOR_RESERVE, 16)
+        if room < self.max_connections:
+            self.log.warning(
+                "MAX_CONNECTIONS lowered from %d to %d: the descriptor limit (ulimit -n) is %d",
+                self.max_connections,
+                room,
+                soft,
+            )
+            self.max_connections = self.worker_connections = room
+
     # ------------------------------------------------------------ accepting
     def set_accept_enabled(self, enabled: bool) -> None:
         if enabled and time.monotonic() < self._accept_paused_until:
@@ -316,6 +345,8 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         conn.counted = held
 
     def _on_readable(self, conn: _Conn, _fileobj: Any) -> None:
+        if conn not in self._reading:  # shed earlier in the same batch of events
+            return
         try:
             self._receive(conn)
         except Exception:  # a bug here must cost one connection, never the worker
@@ -432,7 +463,8 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._after_response(conn, keep)
 
     def _on_writable(self, conn: _Conn, _fileobj: Any) -> None:
-        assert conn.outbox is not None
+        if conn not in self._writing or conn.outbox is None:  # closed earlier in this batch
+            return
         try:
             sent = conn.outbox.flush(WRITE_PER_EVENT)
         except OSError:
@@ -508,6 +540,8 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._lingering[sock] = time.monotonic() + LINGER_SECONDS
 
     def _on_linger_readable(self, sock: socket.socket) -> None:
+        if sock not in self._lingering:  # shed earlier in the same batch of events
+            return
         drained = 0
         while drained < READ_PER_EVENT:
             try:

@@ -137,3 +137,51 @@ def test_worker_handle_error_answers_json(exc, status):
     assert b"Connection: close" in head
     assert "error" in orjson.loads(body)
     assert b"bad" not in body  # the offending input is never echoed
+
+
+def test_chunked_body_is_decoded_by_the_framer():
+    f = framer()
+    assert f.feed(bytearray(CHUNKED)) == len(CHUNKED)
+    assert f.decoded_body == b"hello world"
+    assert f.head_length == CHUNKED.index(b"\r\n\r\n") + 4
+
+
+def test_many_tiny_chunks_decode_in_one_pass():
+    """100,000 one-byte chunks, fed 64 KiB at a time: complete, decoded, at the right length."""
+    body = b"1\r\nx\r\n" * 100_000 + b"0\r\n\r\n"
+    data = CHUNKED_HEAD + body
+    f = RequestFramer(Config(), ("127.0.0.1", 1), 1 << 20)
+    buf = bytearray()
+    answers = []
+    for start in range(0, len(data), 65536):
+        buf += data[start : start + 65536]
+        answers.append(f.feed(buf))
+    assert answers[-1] == len(data) and set(answers[:-1]) == {None}
+    assert f.decoded_body == b"x" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked"
+            b"\r\n\r\n",
+            501,
+        ),
+        (b"GET / HTTP/1.1\r\nUser-Agent: t\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (CHUNKED_HEAD + b"1;a\x01b\r\nx\r\n", 400),
+        (CHUNKED_HEAD + b"1\r\nx\r\n0\r\nX-T: a\nb\r\n\r\n", 400),
+    ],
+    ids=["gzip-chunked", "gzip-then-chunked", "no-host", "two-hosts", "ext-ctl", "trailer-lf"],
+)
+def test_framing_the_docs_refuse(raw, status):
+    with pytest.raises(RequestRejected) as err:
+        framer().feed(bytearray(raw))
+    assert err.value.status == status
+
+
+def test_http_1_0_needs_no_host():
+    raw = b"GET / HTTP/1.0\r\n\r\n"
+    assert framer().feed(bytearray(raw)) == len(raw)
