@@ -9,7 +9,7 @@ UV := $(VENV)/uv/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
 
-.PHONY: install install-dev browser run test lint format bench bench-prune bench-viewer bench-load bench-half-open lock demo-model clean check-full-size
+.PHONY: install install-dev browser nginx bench-attack run test lint format bench bench-prune bench-viewer bench-load bench-half-open lock demo-model clean check-full-size
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,16 @@ browser:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
 	fi
 
-test: install-dev browser
+# Debian's nginx for the tested reverse-proxy recipe (docs/deployment-nginx.md). Its package
+# scripts may start the default site; the test runs its own nginx on a loopback port.
+nginx:
+	@if [ ! -x /usr/sbin/nginx ]; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx; \
+	fi
+
+test: install-dev browser nginx
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -73,6 +82,11 @@ bench-viewer: install-dev browser
 # upload targets (loopback only). Last line: errors=... health_p99_ms=... rss_growth_mb=...
 bench-load: install-dev
 	HF_HUB_OFFLINE=1 $(PY) bench/load.py $(ARGS)
+
+# The five server-layer attacks at full size, together, while honest clients make graphs
+# (loopback only; about 2 minutes). Last line: errors= health_p99_ms= honest_graph_p99_s= ...
+bench-attack: install-dev
+	HF_HUB_OFFLINE=1 $(PY) bench/attack.py $(ARGS)
 
 # Half-open connections against stock gthread and our buffering worker (the worker's evidence).
 bench-half-open: install-dev
