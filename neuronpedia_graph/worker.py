@@ -84,13 +84,17 @@ DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_REQUEST_BUFFER_BUDGET = 64 << 20
 DEFAULT_WRITE_TIMEOUT = 30.0
 LINGER_SECONDS = 2.0  # how long a closing connection's unread input is drained
-READ_PER_EVENT = 1 << 16  # fairness: one readable event reads (and frames) at most this much
+LINGER_MAX_BYTES = 1 << 16  # and at most this much of it: a client that keeps sending is cut
+# Fairness: one readable event reads (and frames) at most this much, so one turn of the loop
+# over many busy connections stays short and a new client's turn comes soon.
+READ_PER_EVENT = 1 << 14
 WRITE_PER_EVENT = 1 << 20  # fairness: one writable event sends at most this much
 # Descriptors kept free for the application (model files, uploads, logs) under the soft
 # RLIMIT_NOFILE: connections beyond it are shed like any others at the connection limit.
 DESCRIPTOR_RESERVE = 64
-ACCEPT_PAUSE_SECONDS = 1.0  # accepting pauses this long when no descriptor can be freed
-_RECV_SIZE = 1 << 16
+ACCEPT_PAUSE_SECONDS = 1.0
+ACCEPT_PER_EVENT = 64  # accepting pauses this long when no descriptor can be freed
+_RECV_SIZE = 1 << 14
 _NO_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -225,6 +229,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._reading: dict[_Conn, None] = {}  # insertion-ordered: oldest first
         self._writing: dict[_Conn, float] = {}  # connection -> write deadline
         self._lingering: dict[socket.socket, float] = {}  # oldest first
+        self._drained: dict[socket.socket, int] = {}  # bytes drained from each lingering one
         self._buffered = 0  # bytes of partial requests held, all connections
         self._stop_deadline: float | None = None
         self._accept_paused_until = 0.0
@@ -278,24 +283,31 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().set_accept_enabled(enabled)
 
     def accept(self, listener: socket.socket) -> None:
+        """Accept every waiting connection (up to a batch): one per loop turn would leave
+        honest clients queued in the kernel behind a flood of attackers' connects."""
+        for _ in range(ACCEPT_PER_EVENT):
+            if not self._accept_one(listener):
+                return
+
+    def _accept_one(self, listener: socket.socket) -> bool:
         try:
             sock, client = listener.accept()
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                return
+                return False
             if exc.errno in _NO_RESOURCES and self._shed_one():
                 self._warn("accept", "accept() failed (%s): closed an idle connection", exc)
-                return
+                return True
             # Nothing to shed, or an unexpected error: pause accepting rather than spin or die.
             self._warn("accept", "accept() failed (%s): accepting paused %g s", exc, 1.0)
             self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_SECONDS
             self.set_accept_enabled(False)
-            return
+            return False
         try:
             conn = _Conn(self.cfg, sock, client, listener.getsockname())
         except OSError:
             util.close(sock)
-            return
+            return True
         self.nr_conns += 1
         self._await_request(conn, idle_timeout=self.idle_timeout)
         while self.nr_conns >= self.max_connections:
@@ -303,9 +315,10 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 break
             self._warn(
                 "limit",
-                "Connection limit (%d) reached: shedding the oldest idle ones",
+                "Connection limit (%d) reached: shedding the oldest idle connections",
                 self.max_connections,
             )
+        return self.nr_conns < self.max_connections
 
     def _shed_one(self, keep: _Conn | None = None) -> bool:
         """Close one connection to make room: idle, then closing, then a partial request."""
@@ -319,7 +332,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         for conn in self._reading:
             if conn is not keep:
                 busy = RequestRejected(503, "Server at its connection limit")
-                self._reject(conn, busy, linger=False)
+                self._reject(conn, busy, linger=False, quiet=True)
                 return True
         return False
 
@@ -395,6 +408,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 RequestRejected(
                     503, "Server is buffering too many request bytes (REQUEST_BUFFER_BUDGET)"
                 ),
+                quiet=True,
             )
 
     def _advance(self, conn: _Conn, eof: bool) -> None:
@@ -508,8 +522,12 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._forget(conn)
         util.close(conn.sock)
 
-    def _reject(self, conn: _Conn, rejected: RequestRejected, linger: bool = True) -> None:
-        self.log.warning(
+    def _reject(
+        self, conn: _Conn, rejected: RequestRejected, linger: bool = True, quiet: bool = False
+    ) -> None:
+        """Answer with a JSON error and close; `quiet` when a rate-limited warning covers it."""
+        log = self.log.debug if quiet else self.log.warning
+        log(
             "Rejected request from %s: %d %s", _peer(conn.client), rejected.status, rejected.message
         )
         self._stop_reading(conn)
@@ -538,26 +556,25 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             util.close(sock)
             return
         self._lingering[sock] = time.monotonic() + LINGER_SECONDS
+        self._drained[sock] = 0
 
     def _on_linger_readable(self, sock: socket.socket) -> None:
         if sock not in self._lingering:  # shed earlier in the same batch of events
             return
-        drained = 0
-        while drained < READ_PER_EVENT:
-            try:
-                data = sock.recv(_RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                break
-            if not data:
-                break
-            drained += len(data)
-        else:
+        try:
+            data = sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
             return
+        except OSError:
+            data = b""
+        if data:
+            self._drained[sock] += len(data)
+            if self._drained[sock] < LINGER_MAX_BYTES:
+                return
         self._close_lingering(sock)
 
     def _close_lingering(self, sock: socket.socket) -> None:
+        self._drained.pop(sock, None)
         if self._lingering.pop(sock, None) is not None:
             self.nr_conns -= 1
         with contextlib.suppress(KeyError, ValueError, OSError):
