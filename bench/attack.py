@@ -281,7 +281,10 @@ def main() -> int:
                 proc.kill()
         alive = server.proc is not None and server.proc.poll() is None
         same_worker = server.worker_pid() == pid
-        after_ok = requests.get(f"{server.base}/health", timeout=HEALTH_TIMEOUT_S).ok
+        try:
+            after_ok = requests.get(f"{server.base}/health", timeout=HEALTH_TIMEOUT_S).ok
+        except requests.RequestException:
+            after_ok = False
         log = server.log_path.read_text(errors="replace") if server.log_path else ""
     finally:
         server_cm.__exit__(None, None, None)
