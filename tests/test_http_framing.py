@@ -7,7 +7,11 @@ an application that sends a malformed response header).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import selectors
 import socket
+import time
 
 import orjson
 import pytest
@@ -16,7 +20,7 @@ from gunicorn.glogging import Logger
 from gunicorn.http.errors import InvalidResponseHeader, LimitRequestLine
 
 from neuronpedia_graph.http_framing import RequestFramer, RequestRejected
-from neuronpedia_graph.worker import BufferedThreadWorker
+from neuronpedia_graph.worker import BufferedThreadWorker, _Conn
 
 MAX_BODY = 1000
 
@@ -185,3 +189,27 @@ def test_framing_the_docs_refuse(raw, status):
 def test_http_1_0_needs_no_host():
     raw = b"GET / HTTP/1.0\r\n\r\n"
     assert framer().feed(bytearray(raw)) == len(raw)
+
+
+class _ListenerOutOfDescriptors:
+    """An injected fault: a listening socket whose accept() fails as under `ulimit -n`."""
+
+    def accept(self):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_accept_without_descriptors_sheds_an_idle_connection_or_pauses():
+    cfg = Config()
+    worker = BufferedThreadWorker(1, 0, [], None, 30, cfg, Logger(cfg))
+    worker.poller = selectors.DefaultSelector()
+    server_side, client_side = socket.socketpair()
+    with client_side, contextlib.closing(worker.poller):
+        worker.nr_conns = 1
+        worker._await_request(_Conn(cfg, server_side, ("127.0.0.1", 1), ("127.0.0.1", 2)), 60)
+        worker.accept(_ListenerOutOfDescriptors())  # must not raise: the worker lives on
+        assert worker.nr_conns == 0 and not worker._reading  # the idle connection made room
+        assert client_side.recv(1) == b""
+        worker.accept(_ListenerOutOfDescriptors())  # nothing left to shed: accepting pauses
+        assert worker._accept_paused_until > time.monotonic()
+        worker.set_accept_enabled(True)
+        assert worker._accepting is False
