@@ -13,7 +13,9 @@ the attackers start, each in its own process so their work does not skew this pr
 Meanwhile a prober GETs /health every 100 ms (10 s timeout) and two honest clients make demo
 graphs back to back (a 503 "busy" from the one-at-a-time model lock is retried, as clients do).
 
-Run: `.venv/bin/python bench/attack.py [--seconds 60]` (`make bench-attack`; about 2 minutes).
+Run: `.venv/bin/python bench/attack.py [--seconds 60] [--only idle,memory] [--nginx]`
+(`make bench-attack`; about 2 minutes). `--nginx` sends every client through nginx configured by
+docs/deployment-nginx.md (needs `make nginx`).
 The goal is /health p99 under 100 ms and every honest graph answered.
 Last line: `errors= health_p99_ms= honest_graph_p99_s= worker_rss_max_mb= ...`, where errors
 counts /health probes and honest graphs that failed or went unanswered.
@@ -27,6 +29,7 @@ import multiprocessing
 import resource
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -244,6 +247,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="attack duration")
     parser.add_argument("--baseline-seconds", type=float, default=10.0)
     parser.add_argument(
+        "--nginx",
+        action="store_true",
+        help="send every client through nginx configured by docs/deployment-nginx.md",
+    )
+    parser.add_argument(
         "--only",
         default="tiny,idle,never_read,memory",
         help="comma-separated attacks to run (default: all)",
@@ -257,8 +265,15 @@ def main() -> int:
         server = server_cm.__enter__()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    proxy_cm = contextlib.nullcontext(None)
+    if args.nginx:
+        from tests.test_nginx_proxy import nginx_in_front
+
+        proxy_cm = nginx_in_front(Path(tempfile.mkdtemp(prefix="npg-nginx-")), server)
     try:
         pid = server.worker_pid()
+        front = proxy_cm.__enter__()
+        direct, server = server, Server(front, server.secret) if front else server
         requests.post(
             f"{server.base}/generate-graph",
             json=GRAPH,
@@ -279,14 +294,15 @@ def main() -> int:
             proc.join(timeout=60)
             if proc.is_alive():
                 proc.kill()
-        alive = server.proc is not None and server.proc.poll() is None
-        same_worker = server.worker_pid() == pid
+        alive = direct.proc is not None and direct.proc.poll() is None
+        same_worker = direct.worker_pid() == pid
         try:
             after_ok = requests.get(f"{server.base}/health", timeout=HEALTH_TIMEOUT_S).ok
         except requests.RequestException:
             after_ok = False
-        log = server.log_path.read_text(errors="replace") if server.log_path else ""
+        log = direct.log_path.read_text(errors="replace") if direct.log_path else ""
     finally:
+        proxy_cm.__exit__(None, None, None)
         server_cm.__exit__(None, None, None)
 
     errors = len(hit["fails"]) + (0 if alive and same_worker and after_ok else 1)
