@@ -9,18 +9,18 @@ the thread. If a second, different parser chose where a request ends, a request 
 read differently (duplicate Content-Length, `Transfer-Encoding: chunked, identity`, bare LF, ...)
 could be cut in one place and executed from another. So the head is parsed by gunicorn's
 `Request` (it decides Content-Length vs chunked and rejects ambiguous framing), and before a
-request is dispatched gunicorn parses it once more in full, body included, from the buffer:
-the length it consumes is the length that is dispatched.
+Content-Length request is dispatched gunicorn parses it once more in full, body included, from
+the buffer: the length it consumes is the length that is dispatched.
 
 What is ours is only the incremental part that gunicorn cannot do without blocking: counting
 Content-Length bytes, and walking a chunked body as it arrives. The walker decodes each chunk
 exactly once (work linear in the bytes received, whatever the chunk sizes), and the thread is
 handed the head (parsed by gunicorn) with the body the walker decoded, so the bytes the framer
 accepted are the bytes the application reads. gunicorn's own chunked reader is not used for this:
-it copies the rest of its buffer at each chunk, which is quadratic in the chunk count (100,000
-one-byte chunks cost seconds of the event loop). Chunked bodies are rejected as soon as their size
-line is malformed (400) or their decoded size reaches the body limit (413), so the application
-never sees either.
+it copies the rest of its buffer at each chunk, which is quadratic in the chunk count, so a body
+of one-byte chunks would stall the event loop and every client with it. Chunked bodies are
+rejected as soon as a size line, extension or trailer is malformed (400) or their decoded size
+reaches the body limit (413), so the application never sees either.
 
 Two framing rules are stricter than gunicorn's: any transfer coding other than `chunked` (gunicorn
 accepts `gzip, chunked` and would pass the body on still compressed) is 501, and an HTTP/1.1
