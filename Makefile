@@ -12,7 +12,7 @@ MODEL ?= $(or $(MODEL_ID),demo)
 WHEEL_PYTHON ?= 3.12
 WHEEL_PLATFORM ?= manylinux_2_28_x86_64
 
-.PHONY: install install-dev browser run test lint format bench bench-prune bench-scores bench-viewer bench-load bench-half-open bench-steer bench-jobs lock demo-model clean check-full-size wheelhouse wheelhouse-runpod check-wheelhouse
+.PHONY: install install-dev browser nginx run test lint format bench bench-prune bench-scores bench-viewer bench-load bench-half-open bench-steer bench-jobs bench-attack lock demo-model clean check-full-size wheelhouse wheelhouse-runpod check-wheelhouse
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,7 +53,16 @@ browser:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
 	fi
 
-test: install-dev browser
+# Debian's nginx for the tested reverse-proxy recipe (docs/deployment-nginx.md). Its package
+# scripts may start the default site; the test runs its own nginx on a loopback port.
+nginx:
+	@if [ ! -x /usr/sbin/nginx ]; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx; \
+	fi
+
+test: install-dev browser nginx
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -81,6 +90,11 @@ bench-load: install-dev
 # Last line: sync_503_today=... sync_503_with_jobs=... sync_p50_ms_alone=... ...
 bench-jobs: install-dev
 	HF_HUB_OFFLINE=1 $(PY) bench/jobs_sharing.py $(ARGS)
+
+# The five server-layer attacks at full size, together, while honest clients make graphs
+# (loopback only; about 2 minutes). Last line: errors= health_p99_ms= honest_graph_p99_s= ...
+bench-attack: install-dev
+	HF_HUB_OFFLINE=1 $(PY) bench/attack.py $(ARGS)
 
 # Half-open connections against stock gthread and our buffering worker (the worker's evidence).
 bench-half-open: install-dev

@@ -93,7 +93,14 @@ def serve_gunicorn(
         follow_log_level(channel)
 
     if worker_class is None:
-        worker_class = configured_worker(settings.request_read_timeout, MAX_BODY_BYTES)
+        worker_class = configured_worker(
+            settings.request_read_timeout,
+            MAX_BODY_BYTES,
+            idle_timeout=settings.idle_timeout,
+            max_connections=settings.max_connections,
+            request_buffer_budget=settings.request_buffer_budget,
+            write_timeout=settings.write_timeout,
+        )
 
     class GraphServer(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -104,6 +111,7 @@ def serve_gunicorn(
                 # Requests waiting on their upload hold a thread each: give them their own.
                 "threads": settings.threads + settings.upload_workers,
                 "post_worker_init": post_worker_init,
+                "worker_connections": settings.max_connections,
                 "timeout": 0,
                 "graceful_timeout": 30,
                 "control_socket_disable": True,

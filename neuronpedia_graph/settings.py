@@ -145,6 +145,22 @@ class Settings(BaseSettings):
     job_events_heartbeat: float = _setting(
         15.0, "seconds between heartbeat events on a job's event stream", gt=0
     )
+    idle_timeout: float = _setting(
+        10.0, "seconds a new connection may stay silent before it is closed", gt=0
+    )
+    max_connections: int = _setting(
+        1000,
+        "connections the server holds at once; at the limit the oldest idle one is closed",
+        ge=16,
+    )
+    request_buffer_budget: int = _setting(
+        64 * 1024 * 1024,
+        "bytes of partial requests buffered, all clients together; over it the largest gets 503",
+        ge=1024 * 1024,
+    )
+    write_timeout: float = _setting(
+        30.0, "seconds a response may wait for its client to read any of it before closing", gt=0
+    )
     log_level: str = _setting("INFO", "DEBUG | INFO | WARNING")
     viewer: bool = _setting(True, "serve the graph viewer page at /")
     dev: bool = _setting(False, "use Flask's development server instead of gunicorn")

@@ -251,6 +251,13 @@ def test_unread_body_after_auth_error_keeps_the_connection_truthfully(edge_serve
             "Malformed HTTP request",
         ),
         (b"POST /steer HTTP/1.1\r\nTransfer-Encoding: br\r\n\r\n", 501, "Transfer-Encoding"),
+        (
+            b"POST /steer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n",
+            501,
+            "Transfer-Encoding",
+        ),
+        (b"GET /health HTTP/1.1\r\nUser-Agent: t\r\n\r\n", 400, "Host"),
     ],
     ids=[
         "414",
@@ -262,6 +269,8 @@ def test_unread_body_after_auth_error_keeps_the_connection_truthfully(edge_serve
         "two-cl",
         "te-cl",
         "te",
+        "te-gzip-chunked",
+        "no-host",
     ],
 )
 def test_server_layer_errors_are_json(edge_server, raw, status, needle):

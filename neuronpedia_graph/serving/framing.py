@@ -9,15 +9,22 @@ the thread. If a second, different parser chose where a request ends, a request 
 read differently (duplicate Content-Length, `Transfer-Encoding: chunked, identity`, bare LF, ...)
 could be cut in one place and executed from another. So the head is parsed by gunicorn's
 `Request` (it decides Content-Length vs chunked and rejects ambiguous framing), and before a
-request is dispatched gunicorn parses it once more in full, body included, from the buffer:
-the length it consumes is the length that is dispatched.
+Content-Length request is dispatched gunicorn parses it once more in full, body included, from
+the buffer: the length it consumes is the length that is dispatched.
 
 What is ours is only the incremental part that gunicorn cannot do without blocking: counting
-Content-Length bytes, and walking chunk-size lines so a chunked body is recognised as complete in
-time proportional to its size (re-parsing the whole body on every TCP segment would be quadratic,
-and a slow client sending one-byte chunks could make the event loop do that work). Chunked
-bodies are rejected as soon as their size line is malformed (400) or their decoded size reaches
-the body limit (413), so the application never sees either.
+Content-Length bytes, and walking a chunked body as it arrives. The walker decodes each chunk
+exactly once (work linear in the bytes received, whatever the chunk sizes), and the thread is
+handed the head (parsed by gunicorn) with the body the walker decoded, so the bytes the framer
+accepted are the bytes the application reads. gunicorn's own chunked reader is not used for this:
+it copies the rest of its buffer at each chunk, which is quadratic in the chunk count, so a body
+of one-byte chunks would stall the event loop and every client with it. Chunked bodies are
+rejected as soon as a size line, extension or trailer is malformed (400) or their decoded size
+reaches the body limit (413), so the application never sees either.
+
+Two framing rules are stricter than gunicorn's: any transfer coding other than `chunked` (gunicorn
+accepts `gzip, chunked` and would pass the body on still compressed) is 501, and an HTTP/1.1
+request without exactly one `Host` is 400 (RFC 9112 section 3.2).
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ from http import HTTPStatus
 from typing import Any
 
 from gunicorn.http import errors as gerr
-from gunicorn.http.body import ChunkedReader, LengthReader
+from gunicorn.http.body import Body, ChunkedReader, LengthReader
 from gunicorn.http.message import Request
 from gunicorn.http.unreader import IterUnreader
 
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+# A chunk extension holds visible ASCII, space and tab only (no CR, LF, NUL or other controls).
+_BAD_EXTENSION_BYTES = frozenset(range(0, 32)) - {9} | {127}
 # Chunk data may be framed with large overhead (one-byte chunks take 6 bytes each); the buffer
 # for a body is capped at this multiple of the body limit, whatever the chunk sizes.
 _CHUNK_OVERHEAD_FACTOR = 4
@@ -137,6 +146,17 @@ class RequestFramer:
         self._in_trailers = False
         self._trailer_scan = 0
         self._decoded = 0
+        self._body: bytearray | None = None
+
+    @property
+    def decoded_body(self) -> bytes | None:
+        """The decoded body of a complete chunked request (None for other requests)."""
+        return None if self._body is None else bytes(self._body)
+
+    @property
+    def decoded_size(self) -> int:
+        """Bytes of chunk data decoded so far (held in memory besides the raw buffer)."""
+        return 0 if self._body is None else len(self._body)
 
     def feed(self, buf: bytes | bytearray) -> int | None:
         """Length of the complete request at the start of `buf`, or None if more is needed.
@@ -185,12 +205,14 @@ class RequestFramer:
             return False
         except Exception as exc:
             raise rejection_for(exc, self.cfg) from None
+        _check_framing_headers(req)
         head_length = size - len(unreader.buf.getvalue())
         self.head_length = head_length
         reader = req.body.reader
         if isinstance(reader, ChunkedReader):
             self._chunked = True
             self._pos = head_length
+            self._body = bytearray()
         elif isinstance(reader, LengthReader):
             if reader.length > self.max_body_bytes:
                 raise RequestRejected(
@@ -224,6 +246,8 @@ class RequestFramer:
                 pos += self._chunk_left
                 if buf[pos - 2 : pos] != b"\r\n":
                     raise RequestRejected(400, "Malformed chunked request body")
+                assert self._body is not None
+                self._body += buf[pos - self._chunk_left : pos - 2]
                 self._chunk_left = 0
             elif self._in_trailers:
                 if size < pos + 2:
@@ -234,6 +258,7 @@ class RequestFramer:
                 idx = buf.find(b"\r\n\r\n", max(pos, self._trailer_scan - 3))
                 self._trailer_scan = size
                 if idx >= 0:
+                    _check_trailers(bytes(buf[pos : idx + 2]))
                     self._end = idx + 4
                 elif size - pos > self._head_limit:
                     raise RequestRejected(431, "Request trailer fields too large")
@@ -244,9 +269,12 @@ class RequestFramer:
                     if size - pos > self._size_line_limit:
                         raise RequestRejected(400, "Malformed chunked request body")
                     break
-                digits = bytes(buf[pos:idx]).split(b";", 1)[0].rstrip(b" \t")
+                digits, _, extension = bytes(buf[pos:idx]).partition(b";")
+                digits = digits.rstrip(b" \t")
                 if not digits or not _HEX_DIGITS.issuperset(digits):
                     raise RequestRejected(400, "Malformed chunked request body (chunk size)")
+                if not _BAD_EXTENSION_BYTES.isdisjoint(extension):
+                    raise RequestRejected(400, "Malformed chunked request body (chunk extension)")
                 chunk = int(digits, 16)
                 self._decoded += chunk
                 if self._decoded >= self.max_body_bytes:
@@ -264,8 +292,14 @@ class RequestFramer:
         )
 
     def _confirm(self, buf: bytes | bytearray) -> int:
-        """gunicorn parses the whole request once; its consumed length is the request."""
+        """gunicorn parses a Content-Length request once; its consumed length is the request.
+
+        A chunked request is not re-parsed: its body was decoded by the walker, and the thread
+        reads that decoded body (`decoded_body`), never the chunked bytes.
+        """
         end = self._end or 0
+        if self._chunked:
+            return end
         try:
             req, unreader = self._parse(buf)
             decoded = req.body.read()
@@ -276,6 +310,41 @@ class RequestFramer:
         consumed = len(buf) - len(unreader.buf.getvalue())
         if consumed != end:
             raise RequestRejected(400, "Malformed HTTP request (framing)")
-        if self._chunked and len(decoded) >= self.max_body_bytes:
+        if len(decoded) > self.max_body_bytes:
             raise self._too_large()
         return end
+
+
+def _check_framing_headers(req: Request) -> None:
+    """Refuse what gunicorn lets through but the documented framing does not."""
+    codings = [
+        coding.strip().lower()
+        for name, value in req.headers
+        if name == "TRANSFER-ENCODING"
+        for coding in value.split(",")
+        if coding.strip()
+    ]
+    if any(coding != "chunked" for coding in codings):
+        raise RequestRejected(501, "Unsupported Transfer-Encoding (only chunked is accepted)")
+    if req.version >= (1, 1):
+        hosts = sum(1 for name, _value in req.headers if name == "HOST")
+        if hosts != 1:
+            raise RequestRejected(400, "Malformed HTTP request (HTTP/1.1 needs one Host header)")
+
+
+def _check_trailers(trailers: bytes) -> None:
+    """Trailer lines are dropped, but must still be well-formed lines (no bare CR, LF or NUL)."""
+    if (
+        b"\0" in trailers
+        or b"\n" in trailers.replace(b"\r\n", b"")
+        or (b"\r" in trailers.replace(b"\r\n", b""))
+    ):
+        raise RequestRejected(400, "Malformed chunked request body (trailer)")
+    for line in trailers.split(b"\r\n"):
+        if line and b":" not in line:
+            raise RequestRejected(400, "Malformed chunked request body (trailer)")
+
+
+def body_reader(decoded: bytes) -> Body:
+    """A gunicorn request body that yields `decoded` (the framer's decoding of a chunked body)."""
+    return Body(LengthReader(IterUnreader([decoded]), len(decoded)))

@@ -92,6 +92,10 @@ class HandoffMiddleware:
         lines += [f"{name}: {value}" for name, value in headers if name.lower() != "content-length"]
         lines += ["Transfer-Encoding: chunked", "Connection: close", "", ""]
         head = "\r\n".join(lines).encode("latin-1")
+        # Our worker gives the thread a write buffer over the socket; the stream needs the socket.
+        if (detach := getattr(sock, "detach", None)) is not None:
+            sock = detach()
+            sock.settimeout(10.0)  # the head is small; the pump makes it non-blocking again
         try:
             sock.sendall(head + chunk(handoff.first))
         except OSError:
@@ -123,7 +127,7 @@ class HandoffWorkerMixin:
         super().handle_error(req, client, addr, exc)  # type: ignore[misc]
 
     def finish_request(self, conn: Any, fs: Any) -> None:
-        if _unclaim(conn.sock):
+        if _unclaim(getattr(conn, "raw_sock", conn.sock)):
             self.nr_conns -= 1  # the stream thread owns the socket now
             return
         super().finish_request(conn, fs)  # type: ignore[misc]
