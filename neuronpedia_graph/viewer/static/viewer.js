@@ -1,24 +1,53 @@
 // neuronpedia-graph viewer: generate, open, draw and steer attribution graphs.
 //
-// Plain browser JavaScript with no dependencies, so the page works offline. The graph is SVG:
-// nodes are one element each; edges are batched into a few <path> elements (by sign, width
-// bucket and screen region), because one element per edge makes a 200,000-link graph unusable.
+// Plain browser JavaScript with no dependencies, so the page works offline. Nodes are SVG (one
+// element each, so hover and click hit them); edges are drawn on a canvas, because even batched
+// SVG paths make a 200,000-link graph stall on every zoom. The view is fitted to the graph area,
+// zoomed with the wheel or buttons and panned by dragging; the axes stay pinned to its edges.
+// Timings go to the Performance API as user-timing measures named "npg:*" (bench/viewer_render.py
+// reads them); nothing is exposed on `window`.
 "use strict";
 
 (() => {
   const SECRET_KEY = "npg-secret-key";
   // The slider starts by hiding all but this many of the strongest edges.
   const DEFAULT_VISIBLE_EDGES = 3000;
-  // Never draw more than this many edges at once: beyond it the browser stalls on every redraw.
+  // Never draw more than this many edges at once: beyond it every pan frame gets slow.
   const MAX_DRAWN_EDGES = 30000;
+  // While the view moves (wheel, drag, zoom buttons) only the strongest edges are drawn, so each
+  // frame stays quick; the rest return once it has been still for SETTLE_MS.
+  const MOVING_EDGES = 4000;
+  const SETTLE_MS = 160;
   const WIDTH_BUCKETS = [0.6, 1.2, 2.2, 3.6];
-  const EDGE_BLOCK_PX = 400; // edges are grouped into paths by the blocks their ends fall in
   const NEIGHBOURS_SHOWN = 12;
   const NO_SECRET = "A secret key is needed: click “Secret key…” and enter it.";
-  const MARGIN = { left: 64, right: 20, top: 46, bottom: 62 };
-  const MIN_COLUMN = 64;
-  const MIN_BAND = 34;
-  const MAX_FILL_BAND = 130; // bands grow to fill the view up to this height
+  // World units (one unit is one CSS pixel at zoom 1).
+  const R_MAX = 6;
+  const R_MIN = 2.2;
+  const SLOT = 2 * R_MAX + 3; // one node's room in a cell
+  const COL_GAP = SLOT; // space between columns that hold features
+  const EMPTY_COL_GAP = 3; // a token column with no features is one node wide
+  const BAND_PAD = 10;
+  // Screen pixels kept around the fitted graph: the layer axis, the token axis, logit labels.
+  const AXIS = { left: 46, right: 14, top: 40, bottom: 74 };
+  const TOKEN_LABEL_SPACING = 12;
+  const ROW_LABEL_SPACING = 12;
+  const MAX_FIT_ZOOM = 3; // a tiny graph is not blown up beyond this
+  const MIN_ZOOM_OF_FIT = 0.25; // zooming out stops at a quarter of the fitted size
+  const MAX_ZOOM = 40;
+  const SEARCH_ZOOM = 1.5; // a search result is shown at least this large
+  const SELECTED_DIM = 0.15; // other edges fade to this while a node is selected
+  // A graph file's coordinates must be plausible (a prompt position, a layer number).
+  const MAX_POSITIONS = 65536;
+  const MAX_LAYER = 1024;
+  const POSITIVE = "#2f6fd0";
+  const NEGATIVE = "#d0452f";
+  const BAND = "#ffffff";
+  const BAND_ALT = "#f1f2f4";
+  const COLUMN_LINE = "#e3e5e8";
+  // The demo tokenizer's pre-tokenizer (neuronpedia_graph/demo/tokenizer.py: WORD_PATTERN): a
+  // prompt's pieces, checked against the vocabulary /health sends for small models.
+  const WORD_PIECES = /\n| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]|\s/g;
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -29,10 +58,16 @@
     selected: -1,
     steerNode: -1,
     visible: 0, // how many of the strongest edges the slider lets through
-    drawn: 0,
+    shown: new Uint8Array(0), // per node: 1 unless a filter hides it
+    layout: null,
+    fit: { k: 1, tx: 0, ty: 0 }, // the fitted view
+    view: { k: 1, tx: 0, ty: 0 }, // the current view: screen = (tx, ty) + k * world
+    highlighted: 0, // the selected node's links drawn / its links in the chosen direction
+    incident: 0,
+    search: null,
+    moving: false, // the view is being zoomed or panned (see MOVING_EDGES)
+    known: null, // the small vocabulary as a Set
   };
-  // Timings of the last drawing, for bench/viewer_render.py; not used by the page itself.
-  window.npgViewer = { lastRender: null };
 
   // ------------------------------------------------------------------ small helpers
   function esc(text) {
@@ -171,6 +206,7 @@
       for (const name of ["node_threshold", "edge_threshold", "desired_logit_prob", "max_n_logits", "batch_size", "max_feature_nodes"]) {
         if (typeof defaults[name] === "number") $(name).value = defaults[name];
       }
+      updateVocabNotice();
       const cap = health.max_feature_nodes;
       if (typeof cap === "number") {
         $("max_feature_nodes").max = cap;
@@ -369,15 +405,39 @@
     return match ? match[1] : clerp;
   }
 
+  // A node's position must be a prompt position and its layer a small whole number: a file
+  // with `ctx_idx: 50000000` would otherwise lay out fifty million columns and hang the tab.
+  function positionOf(raw, nTokens) {
+    if (raw.ctx_idx === undefined || raw.ctx_idx === null) return 0;
+    const limit = nTokens || MAX_POSITIONS;
+    if (!Number.isInteger(raw.ctx_idx) || raw.ctx_idx < 0 || raw.ctx_idx >= limit) {
+      const where = nTokens ? `the prompt has ${nTokens} tokens (positions 0 to ${nTokens - 1})` : `positions run from 0 to ${MAX_POSITIONS - 1}`;
+      throw new Error(`node ${JSON.stringify(raw.node_id)} has ctx_idx ${JSON.stringify(raw.ctx_idx)}, but ${where}`);
+    }
+    return raw.ctx_idx;
+  }
+
+  function layerOf(raw, kind) {
+    if (kind === "embedding") return null;
+    const text = String(raw.layer ?? "");
+    const value = /^\d+$/.test(text) ? Number(text) : NaN;
+    if (!(value <= MAX_LAYER)) {
+      throw new Error(`node ${JSON.stringify(raw.node_id)} has layer ${JSON.stringify(raw.layer)}, not a layer number from 0 to ${MAX_LAYER}`);
+    }
+    return value;
+  }
+
   /**
    * Turn a graph document (this server's or circuit-tracer's) into arrays the drawing uses.
-   * Unknown extra fields are ignored; links to missing nodes are counted and skipped.
+   * Unknown extra fields are ignored; links to missing nodes are counted and skipped; a node
+   * at an impossible position or layer is an error (the message names it).
    */
   function parseGraph(doc) {
     if (!doc || typeof doc !== "object" || !Array.isArray(doc.nodes) || !Array.isArray(doc.links)) {
       throw new Error("not a graph document (it needs 'nodes' and 'links' arrays)");
     }
     const metadata = doc.metadata && typeof doc.metadata === "object" ? doc.metadata : {};
+    const tokens = Array.isArray(metadata.prompt_tokens) ? metadata.prompt_tokens.map(String) : [];
     const nodes = [];
     const index = new Map();
     let maxLayer = -1;
@@ -386,15 +446,15 @@
     for (const raw of doc.nodes) {
       if (!raw || typeof raw.node_id !== "string" || index.has(raw.node_id)) continue;
       const kind = kindOf(raw);
-      const layerNum = Number.parseInt(raw.layer, 10);
-      const pos = Number.isInteger(raw.ctx_idx) && raw.ctx_idx >= 0 ? raw.ctx_idx : 0;
+      const layerNum = layerOf(raw, kind);
+      const pos = positionOf(raw, tokens.length);
       const clerp = typeof raw.clerp === "string" ? raw.clerp : "";
       const node = {
         id: raw.node_id,
         kind,
         type: String(raw.feature_type || kind),
         layer: raw.layer === undefined ? "" : String(raw.layer),
-        layerNum: Number.isFinite(layerNum) ? layerNum : null,
+        layerNum,
         pos,
         feature: featureIndexOf(raw, kind),
         influence: numberOrNull(raw.influence),
@@ -431,20 +491,46 @@
       weight[n] = w;
       n++;
     }
-    // Strongest first: the slider keeps a prefix of this order.
+    // Strongest first: the edge slider keeps a prefix of this order; rank is its inverse.
     const order = new Uint32Array(n);
     for (let i = 0; i < n; i++) order[i] = i;
     const absW = new Float32Array(n);
     for (let i = 0; i < n; i++) absW[i] = Math.abs(weight[i]);
     order.sort((a, b) => absW[b] - absW[a]);
+    const rank = new Uint32Array(n);
+    for (let k = 0; k < n; k++) rank[order[k]] = k;
+    // Each node's links, for selection: offsets into one array (CSR), built in two passes.
+    const inStart = new Uint32Array(nodes.length + 1);
+    const outStart = new Uint32Array(nodes.length + 1);
+    for (let e = 0; e < n; e++) {
+      inStart[dst[e] + 1]++;
+      outStart[src[e] + 1]++;
+    }
+    for (let i = 0; i < nodes.length; i++) {
+      inStart[i + 1] += inStart[i];
+      outStart[i + 1] += outStart[i];
+    }
+    const inEdges = new Uint32Array(n);
+    const outEdges = new Uint32Array(n);
+    const inFill = inStart.slice(0, nodes.length);
+    const outFill = outStart.slice(0, nodes.length);
+    for (let e = 0; e < n; e++) {
+      inEdges[inFill[dst[e]]++] = e;
+      outEdges[outFill[src[e]]++] = e;
+    }
 
-    const tokens = Array.isArray(metadata.prompt_tokens) ? metadata.prompt_tokens.map(String) : [];
     const nPos = Math.max(tokens.length, maxPos + 1);
     const nLayers = Math.max(maxLayer + 1, logitLayer > 0 ? logitLayer - 1 : 0);
+    let maxInfluence = -Infinity;
+    let minInfluence = Infinity;
     for (const node of nodes) {
       if (node.kind === "embedding") node.row = 0;
       else if (node.kind === "logit") node.row = nLayers + 1;
       else node.row = (node.layerNum ?? 0) + 1;
+      if (filterable(node) && node.influence !== null) {
+        maxInfluence = Math.max(maxInfluence, node.influence);
+        minInfluence = Math.min(minInfluence, node.influence);
+      }
     }
     let top = -1;
     for (let i = 0; i < nodes.length; i++) {
@@ -454,8 +540,29 @@
     }
     return {
       metadata, nodes, index, src: src.subarray(0, n), dst: dst.subarray(0, n),
-      weight: weight.subarray(0, n), absW, order, nLinks: n, skipped, tokens, nPos, nLayers, topLogit: top,
+      weight: weight.subarray(0, n), absW, order, rank, inStart, inEdges, outStart, outEdges,
+      nLinks: n, skipped, tokens, nPos, nLayers, topLogit: top,
+      minInfluence: Number.isFinite(minInfluence) ? minInfluence : 0,
+      maxInfluence: Number.isFinite(maxInfluence) ? maxInfluence : 0,
     };
+  }
+
+  // Only features and error nodes are filtered by influence: embeddings and logits anchor the axes.
+  function filterable(node) {
+    return node.kind === "feature" || node.kind === "error";
+  }
+
+  function isUnknownToken(token) {
+    const unk = state.health && state.health.vocabulary ? state.health.vocabulary.unk_token : null;
+    return token === (unk || "<unk>");
+  }
+
+  // ------------------------------------------------------------------ labels
+  /** The short text that names a node in the graph, the neighbour lists and search results. */
+  function nodeLabel(node) {
+    if (node.kind === "logit") return showToken(node.token);
+    if (node.kind === "embedding") return showToken(state.graph.tokens[node.pos] ?? `#${node.pos}`);
+    return node.clerp || node.id;
   }
 
   // ------------------------------------------------------------------ layout
@@ -466,90 +573,323 @@
     return Math.min(1, Math.max(0, 1 - node.influence));
   }
 
-  function layout(graph, width, height) {
+  /**
+   * World coordinates (one unit = one CSS pixel at zoom 1): a column per token as wide as its
+   * fullest cell, a band per layer as tall as its fullest cell. How many nodes share a line in
+   * a column is chosen so that the whole graph fits the view at the largest scale.
+   */
+  function layout(graph, viewW, viewH) {
     const { nodes, nPos, nLayers } = graph;
     const nRows = nLayers + 2;
-    const large = nodes.length > 800;
-    const rMax = large ? 4 : 9;
-    const rMin = large ? 1.5 : 3;
-    const slot = 2 * rMax + 3;
-    const colW = Math.max(MIN_COLUMN, Math.floor((width - MARGIN.left - MARGIN.right) / nPos));
-    const perLine = Math.max(1, Math.floor((colW - 8) / slot));
-
-    const cells = new Map();
-    nodes.forEach((node, i) => {
-      node.r = rMin + (rMax - rMin) * Math.sqrt(importance(node));
-      const key = node.row * nPos + node.pos;
-      if (!cells.has(key)) cells.set(key, []);
-      cells.get(key).push(i);
-    });
-    const lines = new Array(nRows).fill(1);
-    for (const [key, members] of cells) {
-      const row = Math.floor(key / nPos);
-      if (row === nRows - 1) members.sort((a, b) => (nodes[b].prob ?? 0) - (nodes[a].prob ?? 0));
-      else members.sort((a, b) => importance(nodes[b]) - importance(nodes[a]));
-      lines[row] = Math.max(lines[row], Math.ceil(members.length / perLine));
+    const count = new Int32Array(nRows * nPos);
+    for (const node of nodes) {
+      node.r = R_MIN + (R_MAX - R_MIN) * Math.sqrt(importance(node));
+      count[node.row * nPos + node.pos]++;
     }
-    const fill = Math.min(MAX_FILL_BAND, Math.floor((height - MARGIN.top - MARGIN.bottom) / nRows));
-    const bandH = lines.map((l) => Math.max(MIN_BAND, fill, l * slot + 12));
-    const bandTop = new Array(nRows);
-    let y = MARGIN.top;
+    const colMax = new Int32Array(nPos);
+    const colFull = new Uint8Array(nPos); // has a feature or error node
+    for (let row = 0; row < nRows; row++) {
+      for (let pos = 0; pos < nPos; pos++) {
+        const c = count[row * nPos + pos];
+        colMax[pos] = Math.max(colMax[pos], c);
+        if (c && row > 0 && row < nRows - 1) colFull[pos] = 1;
+      }
+    }
+    const availW = Math.max(50, viewW - AXIS.left - AXIS.right);
+    const availH = Math.max(50, viewH - AXIS.top - AXIS.bottom);
+    const geometry = (maxLines) => {
+      const perLine = new Int32Array(nPos);
+      const colW = new Float64Array(nPos);
+      let W = 0;
+      for (let pos = 0; pos < nPos; pos++) {
+        perLine[pos] = Math.max(1, Math.ceil(colMax[pos] / maxLines));
+        colW[pos] = perLine[pos] * SLOT + (colFull[pos] ? COL_GAP : EMPTY_COL_GAP);
+        W += colW[pos];
+      }
+      const bandH = new Float64Array(nRows);
+      let H = 0;
+      for (let row = 0; row < nRows; row++) {
+        let lines = 1;
+        for (let pos = 0; pos < nPos; pos++) lines = Math.max(lines, Math.ceil(count[row * nPos + pos] / perLine[pos]));
+        bandH[row] = lines * SLOT + BAND_PAD;
+        H += bandH[row];
+      }
+      return { perLine, colW, W, bandH, H, scale: Math.min(availW / W, availH / H) };
+    };
+    let maxCell = 1;
+    for (let pos = 0; pos < nPos; pos++) maxCell = Math.max(maxCell, colMax[pos]);
+    const tries = new Set();
+    for (let lines = 1; lines <= maxCell; lines = lines < 48 ? lines + 1 : Math.ceil(lines * 1.15)) tries.add(lines);
+    tries.add(maxCell);
+    let best = null;
+    for (const lines of tries) {
+      const g = geometry(lines);
+      if (!best || g.scale > best.scale * 1.0001) best = g;
+    }
+    const { perLine, colW, W, bandH, H } = best;
+    const colX = new Float64Array(nPos + 1);
+    for (let pos = 0; pos < nPos; pos++) colX[pos + 1] = colX[pos] + colW[pos];
+    const bandTop = new Float64Array(nRows);
+    let y = 0;
     for (let row = nRows - 1; row >= 0; row--) {
       bandTop[row] = y;
       y += bandH[row];
     }
-    const svgHeight = y + MARGIN.bottom;
+    const cells = new Map();
+    nodes.forEach((node, i) => {
+      const key = node.row * nPos + node.pos;
+      if (!cells.has(key)) cells.set(key, []);
+      cells.get(key).push(i);
+    });
     const x = new Float32Array(nodes.length);
     const yy = new Float32Array(nodes.length);
     for (const [key, members] of cells) {
       const row = Math.floor(key / nPos);
       const pos = key % nPos;
-      const cx = MARGIN.left + (pos + 0.5) * colW;
-      const lineCount = Math.ceil(members.length / perLine);
+      if (row === nRows - 1) members.sort((a, b) => (nodes[b].prob ?? 0) - (nodes[a].prob ?? 0));
+      else members.sort((a, b) => importance(nodes[b]) - importance(nodes[a]));
+      const per = perLine[pos];
+      const cx = colX[pos] + colW[pos] / 2;
+      const lineCount = Math.ceil(members.length / per);
       members.forEach((i, j) => {
-        const line = Math.floor(j / perLine);
-        const inLine = Math.min(perLine, members.length - line * perLine);
-        x[i] = cx + ((j % perLine) - (inLine - 1) / 2) * slot;
+        const line = Math.floor(j / per);
+        const inLine = Math.min(per, members.length - line * per);
+        x[i] = cx + ((j % per) - (inLine - 1) / 2) * SLOT;
         // The most important nodes sit on the middle line of the band.
-        yy[i] = bandTop[row] + bandH[row] / 2 + (line - (lineCount - 1) / 2) * slot;
+        yy[i] = bandTop[row] + bandH[row] / 2 + (line - (lineCount - 1) / 2) * SLOT;
       });
     }
-    return { width: MARGIN.left + nPos * colW + MARGIN.right, height: svgHeight, colW, bandTop, bandH, x, y: yy, nRows };
+    return { W, H, colX, colW, colFull, bandTop, bandH, x, y: yy, nRows, nPos };
+  }
+
+  // ------------------------------------------------------------------ view (zoom and pan)
+  // screen = translate + k * world. The fitted view shows the whole graph inside the axes.
+  function fitView(lay, viewW, viewH) {
+    const availW = Math.max(50, viewW - AXIS.left - AXIS.right);
+    const availH = Math.max(50, viewH - AXIS.top - AXIS.bottom);
+    const k = Math.min(MAX_FIT_ZOOM, availW / lay.W, availH / lay.H);
+    return { k, tx: AXIS.left + (availW - lay.W * k) / 2, ty: AXIS.top + (availH - lay.H * k) / 2 };
+  }
+
+  let settleTimer = 0;
+  function setView(view, moving = false) {
+    state.view = view;
+    const el = $("graph-view");
+    if (moving) {
+      state.moving = true;
+      el.dataset.moving = "true";
+      clearTimeout(settleTimer);
+      settleTimer = setTimeout(() => {
+        state.moving = false;
+        el.dataset.moving = "false";
+        requestDraw();
+      }, SETTLE_MS);
+    }
+    $("world").setAttribute("transform", `translate(${view.tx.toFixed(2)} ${view.ty.toFixed(2)}) scale(${view.k.toFixed(5)})`);
+    el.dataset.zoom = (view.k / state.fit.k).toFixed(4);
+    requestDraw();
+  }
+
+  function zoomAt(sx, sy, factor) {
+    if (!state.graph) return;
+    const { k, tx, ty } = state.view;
+    const lowest = state.fit.k * MIN_ZOOM_OF_FIT;
+    const k2 = Math.min(Math.max(MAX_ZOOM, state.fit.k), Math.max(lowest, k * factor));
+    const wx = (sx - tx) / k;
+    const wy = (sy - ty) / k;
+    setView({ k: k2, tx: sx - wx * k2, ty: sy - wy * k2 }, true);
+  }
+
+  function zoomCentre(factor) {
+    const el = $("graph-view");
+    zoomAt(el.clientWidth / 2, el.clientHeight / 2, factor);
+  }
+
+  function centreOn(i) {
+    const el = $("graph-view");
+    const lay = state.layout;
+    const k = Math.max(state.view.k, Math.min(SEARCH_ZOOM, MAX_ZOOM));
+    setView({ k, tx: el.clientWidth / 2 - k * lay.x[i], ty: el.clientHeight / 2 - k * lay.y[i] });
   }
 
   // ------------------------------------------------------------------ drawing
+  let drawPending = false;
+  function requestDraw() {
+    if (drawPending) return;
+    drawPending = true;
+    requestAnimationFrame(() => {
+      drawPending = false;
+      if (state.graph) drawFrame();
+    });
+  }
+
+  // Everything that follows the view: the canvas (bands, column lines, edges), the axes and
+  // the logit labels. Runs at most once per animation frame.
+  function drawFrame() {
+    drawCanvas();
+    drawAxes();
+    drawLogitLabels();
+  }
+
   function rowLabel(row, nRows) {
     if (row === 0) return "Emb";
     if (row === nRows - 1) return "Logits";
     return `L${row - 1}`;
   }
 
-  function drawGrid(graph, lay) {
-    const parts = [];
-    for (let row = 0; row < lay.nRows; row++) {
-      const top = lay.bandTop[row];
-      parts.push(`<rect class="band${row % 2 ? " alt" : ""}" x="0" y="${top}" width="${lay.width}" height="${lay.bandH[row]}"/>`);
-      parts.push(`<text class="axis-label" x="8" y="${top + lay.bandH[row] / 2 + 4}">${rowLabel(row, lay.nRows)}</text>`);
+  function drawCanvas() {
+    const graph = state.graph;
+    const lay = state.layout;
+    const { k, tx, ty } = state.view;
+    const view = $("graph-view");
+    const w = view.clientWidth;
+    const h = view.clientHeight;
+    const canvas = $("edge-canvas");
+    const dpr = window.devicePixelRatio || 1;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+      canvas.width = Math.round(w * dpr);
+      canvas.height = Math.round(h * dpr);
     }
-    const bottom = lay.bandTop[0] + lay.bandH[0];
-    const rotate = lay.colW < 90;
-    for (let pos = 0; pos <= graph.nPos; pos++) {
-      const x = MARGIN.left + pos * lay.colW;
-      parts.push(`<line class="col-line" x1="${x}" y1="${MARGIN.top}" x2="${x}" y2="${bottom}"/>`);
-      if (pos === graph.nPos) break;
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    // Layer bands and token columns.
+    for (let row = 0; row < lay.nRows; row++) {
+      ctx.fillStyle = row % 2 ? BAND_ALT : BAND;
+      ctx.fillRect(tx, ty + k * lay.bandTop[row], k * lay.W, k * lay.bandH[row]);
+    }
+    ctx.beginPath();
+    for (let pos = 0; pos <= lay.nPos; pos++) {
+      const x = Math.round(tx + k * lay.colX[pos]) + 0.5;
+      ctx.moveTo(x, ty);
+      ctx.lineTo(x, ty + k * lay.H);
+    }
+    ctx.strokeStyle = COLUMN_LINE;
+    ctx.lineWidth = 1;
+    ctx.stroke();
+    // Edges: the strongest `visible` links whose ends are both shown, at most MAX_DRAWN_EDGES
+    // (MOVING_EDGES while the view moves), one path per (sign, width bucket); curves entirely
+    // off screen are skipped. `drawn` counts what the filters let through, whatever the view.
+    const visible = Math.min(state.visible, graph.nLinks);
+    const maxAbs = graph.nLinks ? graph.absW[graph.order[0]] : 0;
+    const paths = [];
+    for (let b = 0; b < 2 * WIDTH_BUCKETS.length; b++) paths.push(new Path2D());
+    const shown = state.shown;
+    let drawn = 0;
+    let curves = 0;
+    const budget = state.moving ? MOVING_EDGES : MAX_DRAWN_EDGES;
+    for (let r = 0; r < visible && drawn < MAX_DRAWN_EDGES; r++) {
+      const e = graph.order[r];
+      const s = graph.src[e];
+      const t = graph.dst[e];
+      if (!shown[s] || !shown[t]) continue;
+      drawn++;
+      if (drawn > budget) continue;
+      const x1 = tx + k * lay.x[s];
+      const y1 = ty + k * lay.y[s];
+      const x2 = tx + k * lay.x[t];
+      const y2 = ty + k * lay.y[t];
+      if ((x1 < 0 && x2 < 0) || (x1 > w && x2 > w) || (y1 < 0 && y2 < 0) || (y1 > h && y2 > h)) continue;
+      const path = paths[bucketOf(graph.absW[e], maxAbs) + (graph.weight[e] < 0 ? WIDTH_BUCKETS.length : 0)];
+      const ym = (y1 + y2) / 2;
+      path.moveTo(x1, y1);
+      path.bezierCurveTo(x1, ym, x2, ym, x2, y2);
+      curves++;
+    }
+    const dim = state.selected >= 0 ? SELECTED_DIM : 1;
+    ctx.lineCap = "round";
+    paths.forEach((path, b) => {
+      const bucket = b % WIDTH_BUCKETS.length;
+      ctx.strokeStyle = b < WIDTH_BUCKETS.length ? POSITIVE : NEGATIVE;
+      ctx.lineWidth = WIDTH_BUCKETS[bucket];
+      ctx.globalAlpha = (0.25 + 0.15 * bucket) * dim;
+      ctx.stroke(path);
+    });
+    ctx.globalAlpha = 1;
+    canvas.dataset.curves = String(curves);
+    updateEdgeCount(drawn, visible);
+  }
+
+  function updateEdgeCount(drawn, visible) {
+    const graph = state.graph;
+    const hidden = graph.nLinks - drawn;
+    const threshold = visible ? graph.absW[graph.order[visible - 1]] : null;
+    let text = `${drawn.toLocaleString("en-US")} of ${graph.nLinks.toLocaleString("en-US")} edges · ${hidden.toLocaleString("en-US")} hidden`;
+    if (threshold !== null && visible < graph.nLinks) text += ` (|weight| < ${fmt(threshold)})`;
+    if (drawn >= MAX_DRAWN_EDGES) text += ` · capped at the ${MAX_DRAWN_EDGES.toLocaleString("en-US")} strongest for speed`;
+    if (graph.skipped) text += ` · ${graph.skipped} links to unknown nodes skipped`;
+    if (state.selected >= 0) text += ` · selected: ${state.highlighted} of its ${state.incident} links`;
+    const counter = $("edge-count");
+    if (counter.textContent !== text) counter.textContent = text;
+    counter.dataset.drawn = String(drawn);
+    counter.dataset.hidden = String(hidden);
+  }
+
+  function drawAxes() {
+    const graph = state.graph;
+    const lay = state.layout;
+    const { k, tx, ty } = state.view;
+    const view = $("graph-view");
+    const w = view.clientWidth;
+    const h = view.clientHeight;
+    // Token labels along the bottom, under their column wherever the graph is panned.
+    const bottom = $("axis-bottom");
+    const bw = Math.max(0, w - AXIS.left);
+    bottom.setAttribute("width", bw);
+    bottom.setAttribute("height", AXIS.bottom);
+    bottom.style.left = `${AXIS.left}px`;
+    bottom.style.width = `${bw}px`;
+    bottom.style.height = `${AXIS.bottom}px`;
+    const parts = [];
+    let last = -Infinity;
+    for (let pos = 0; pos < lay.nPos; pos++) {
+      const cx = tx + k * (lay.colX[pos] + lay.colW[pos] / 2) - AXIS.left;
+      if (cx < -2 || cx > bw + 40 || cx - last < TOKEN_LABEL_SPACING) continue;
+      last = cx;
       const token = graph.tokens[pos];
       const label = token === undefined ? `#${pos}` : showToken(token);
       const short = label.length > 14 ? `${label.slice(0, 13)}…` : label;
-      const cx = x + lay.colW / 2;
-      const ty = bottom + 16;
-      const transform = rotate ? ` transform="rotate(-35 ${cx} ${ty})" text-anchor="end"` : ' text-anchor="middle"';
-      parts.push(`<text class="token-label" data-pos="${pos}" x="${cx}" y="${ty}"${transform}>${esc(short)}</text>`);
+      const unk = token !== undefined && isUnknownToken(token) ? " unk" : "";
+      parts.push(`<text class="token-label${unk}" data-pos="${pos}" data-width="${(k * lay.colW[pos]).toFixed(1)}" x="${cx.toFixed(1)}" y="14" text-anchor="end" transform="rotate(-40 ${cx.toFixed(1)} 14)">${esc(short)}</text>`);
     }
-    $("grid-layer").innerHTML = parts.join("");
+    bottom.innerHTML = parts.join("");
+    // Layer labels along the left, beside their band.
+    const left = $("axis-left");
+    const lh = Math.max(0, h - AXIS.bottom);
+    left.setAttribute("width", AXIS.left);
+    left.setAttribute("height", lh);
+    left.style.width = `${AXIS.left}px`;
+    left.style.height = `${lh}px`;
+    const rows = [];
+    let lastY = Infinity;
+    for (let row = 0; row < lay.nRows; row++) {
+      const cy = ty + k * (lay.bandTop[row] + lay.bandH[row] / 2);
+      if (cy < 6 || cy > lh - 2 || lastY - cy < ROW_LABEL_SPACING) continue;
+      lastY = cy;
+      rows.push(`<text class="axis-label" data-row="${row}" x="6" y="${(cy + 4).toFixed(1)}">${rowLabel(row, lay.nRows)}</text>`);
+    }
+    left.innerHTML = rows.join("");
+  }
+
+  function drawLogitLabels() {
+    const graph = state.graph;
+    const lay = state.layout;
+    const { k, tx, ty } = state.view;
+    const labels = [];
+    graph.nodes.forEach((node, i) => {
+      if (node.kind !== "logit") return;
+      const x = tx + k * lay.x[i];
+      // Logits sit in the last column, at the right edge: their labels lean up and left.
+      const y = ty + k * (lay.y[i] - node.r) - 2;
+      const text = nodeLabel(node);
+      const short = text.length > 12 ? `${text.slice(0, 11)}…` : text;
+      labels.push(`<text class="logit-label${i === graph.topLogit ? " top" : ""}" data-i="${i}" x="${x.toFixed(1)}" y="${y.toFixed(1)}" text-anchor="end" transform="rotate(30 ${x.toFixed(1)} ${y.toFixed(1)})">${esc(short)}</text>`);
+    });
+    $("label-layer").innerHTML = labels.join("");
   }
 
   function nodeMarkup(node, i, x, y) {
-    const cls = `node ${node.kind}${i === state.graph.topLogit ? " top-logit" : ""}${node.isTarget ? " target" : ""}`;
+    const cls = `node ${node.kind}${i === state.graph.topLogit ? " top-logit" : ""}${node.isTarget ? " target" : ""}${state.shown[i] ? "" : " off"}`;
     const common = `class="${cls}" data-i="${i}" data-id="${esc(node.id)}"`;
     const r = node.r;
     if (node.kind === "feature") return `<circle ${common} cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="${r.toFixed(2)}"/>`;
@@ -562,16 +902,6 @@
       parts[i] = nodeMarkup(node, i, lay.x[i], lay.y[i]);
     });
     $("node-layer").innerHTML = parts.join("");
-    const labels = [];
-    graph.nodes.forEach((node, i) => {
-      if (node.kind !== "logit") return;
-      const x = lay.x[i];
-      const y = lay.y[i] - node.r - 4;
-      const text = showToken(node.token);
-      const short = text.length > 12 ? `${text.slice(0, 11)}…` : text;
-      labels.push(`<text class="logit-label${i === graph.topLogit ? " top" : ""}" data-i="${i}" x="${x}" y="${y}" transform="rotate(-30 ${x} ${y})">${esc(short)}</text>`);
-    });
-    $("label-layer").innerHTML = labels.join("");
   }
 
   function edgePath(x1, y1, x2, y2) {
@@ -584,99 +914,108 @@
     return Math.min(WIDTH_BUCKETS.length - 1, Math.floor(WIDTH_BUCKETS.length * Math.sqrt(absW / maxAbs)));
   }
 
-  // The slider hides the weakest edges: its value is the hidden fraction in thousandths.
+  // The edge slider hides the weakest edges: its value is the hidden fraction in thousandths.
   function sliderToVisible(value, nLinks) {
     return nLinks - Math.floor((Number(value) / 1000) * nLinks);
   }
 
-  function drawEdges() {
-    const graph = state.graph;
-    const lay = state.layout;
-    const visible = Math.min(state.visible, graph.nLinks);
-    const drawn = Math.min(visible, MAX_DRAWN_EDGES);
-    const maxAbs = graph.nLinks ? graph.absW[graph.order[0]] : 0;
-    // One path per (sign, width bucket, source block, target block): few elements, and each
-    // has a tight bounding box, so the browser rasters only the paths that cross a tile.
-    const groups = new Map();
-    for (let k = 0; k < drawn; k++) {
-      const e = graph.order[k];
-      const s = graph.src[e];
-      const t = graph.dst[e];
-      const b = bucketOf(graph.absW[e], maxAbs) + (graph.weight[e] < 0 ? WIDTH_BUCKETS.length : 0);
-      const key = (b * 4096 + Math.floor(lay.x[s] / EDGE_BLOCK_PX)) * 4096 + Math.floor(lay.x[t] / EDGE_BLOCK_PX);
-      let group = groups.get(key);
-      if (!group) {
-        group = [];
-        groups.set(key, group);
-      }
-      group.push(edgePath(lay.x[s], lay.y[s], lay.x[t], lay.y[t]));
-    }
-    const parts = [];
-    for (const [key, paths] of groups) {
-      const b = Math.floor(key / (4096 * 4096));
-      const sign = b < WIDTH_BUCKETS.length ? "pos" : "neg";
-      const w = WIDTH_BUCKETS[b % WIDTH_BUCKETS.length];
-      const opacity = 0.25 + 0.15 * (b % WIDTH_BUCKETS.length);
-      parts.push(`<path class="edges ${sign}" data-count="${paths.length}" stroke-width="${w}" stroke-opacity="${opacity.toFixed(2)}" d="${paths.join("")}"/>`);
-    }
-    $("edge-layer").innerHTML = parts.join("");
-    state.drawn = drawn;
-    const hidden = graph.nLinks - drawn;
-    const threshold = drawn ? graph.absW[graph.order[drawn - 1]] : null;
-    let text = `Showing ${drawn.toLocaleString("en-US")} of ${graph.nLinks.toLocaleString("en-US")} edges · ${hidden.toLocaleString("en-US")} hidden`;
-    if (threshold !== null && hidden > 0) text += ` (|weight| < ${fmt(threshold)})`;
-    if (visible > MAX_DRAWN_EDGES) text += ` · capped at the ${MAX_DRAWN_EDGES.toLocaleString("en-US")} strongest for speed`;
-    if (graph.skipped) text += ` · ${graph.skipped} links to unknown nodes skipped`;
-    const counter = $("edge-count");
-    counter.textContent = text;
-    counter.dataset.drawn = String(drawn);
-    counter.dataset.hidden = String(hidden);
+  // ------------------------------------------------------------------ filters
+  // The node slider hides features and error nodes whose cumulative influence is above a
+  // cutoff (higher = less influential), moving across the graph's own range: 0 keeps all,
+  // 1000 keeps only the most influential.
+  function nodeCutoff() {
+    const v = Number($("node-slider").value) / 1000;
+    const { minInfluence, maxInfluence } = state.graph;
+    return minInfluence + (maxInfluence - minInfluence) * (1 - v);
   }
 
+  function applyNodeFilter() {
+    const graph = state.graph;
+    const cutoff = nodeCutoff();
+    const hideErrors = $("hide-errors").checked;
+    const els = $("node-layer").children;
+    let shownCount = 0;
+    for (let i = 0; i < graph.nodes.length; i++) {
+      const node = graph.nodes[i];
+      const off = (hideErrors && node.kind === "error") || (filterable(node) && node.influence !== null && node.influence > cutoff);
+      const value = off ? 0 : 1;
+      if (state.shown[i] !== value) {
+        state.shown[i] = value;
+        if (els[i]) els[i].classList.toggle("off", off);
+      }
+      shownCount += value;
+    }
+    const counter = $("node-count");
+    const hidden = graph.nodes.length - shownCount;
+    let text = `${shownCount.toLocaleString("en-US")} of ${graph.nodes.length.toLocaleString("en-US")} nodes`;
+    if (hidden) text += ` · ${hidden.toLocaleString("en-US")} hidden`;
+    if (Number($("node-slider").value) > 0) text += ` (influence > ${fmt(cutoff)})`;
+    counter.textContent = text;
+    counter.dataset.shown = String(shownCount);
+    if (state.selected >= 0 && !state.shown[state.selected]) clearSelection();
+    else if (state.selected >= 0) highlight();
+    requestDraw();
+  }
+
+  // ------------------------------------------------------------------ render
   function render() {
     const graph = state.graph;
-    const started = performance.now();
-    const scroller = $("graph-scroll");
-    const lay = layout(graph, Math.max(scroller.clientWidth, 600), Math.max(scroller.clientHeight - 4, 300));
+    const view = $("graph-view");
+    const lay = layout(graph, view.clientWidth, view.clientHeight);
     state.layout = lay;
-    for (const svg of [$("graph-grid"), $("graph-back"), $("graph")]) {
-      svg.setAttribute("width", lay.width);
-      svg.setAttribute("height", lay.height);
-      svg.setAttribute("viewBox", `0 0 ${lay.width} ${lay.height}`);
-    }
-    drawGrid(graph, lay);
+    state.fit = fitView(lay, view.clientWidth, view.clientHeight);
+    state.viewSize = `${view.clientWidth}x${view.clientHeight}`;
     drawNodes(graph, lay);
-    drawEdges();
+    setView({ ...state.fit });
     if (state.selected >= 0) selectNode(state.selected);
-    return performance.now() - started;
+  }
+
+  // Time from `start` (a performance.now() value) until this frame's drawing is done, as a
+  // user-timing measure the render benchmark reads.
+  function measureToFrame(name, start) {
+    requestAnimationFrame(() => performance.measure(name, { start, end: performance.now() }));
   }
 
   function showGraph(doc, text, fileName) {
     const started = performance.now();
     const graph = parseGraph(doc);
-    const parsed = performance.now();
+    performance.measure("npg:parse", { start: started, end: performance.now() });
     state.graph = graph;
     state.rawText = text;
     state.fileName = fileName;
     state.selected = -1;
     state.steerNode = -1;
+    state.shown = new Uint8Array(graph.nodes.length).fill(1);
+    state.search = null;
     $("steer-prompt").value = "";
     clearSelection();
     const slider = $("edge-slider");
     slider.disabled = false;
     state.visible = Math.min(graph.nLinks, DEFAULT_VISIBLE_EDGES);
     slider.value = String(graph.nLinks ? Math.round((1 - state.visible / graph.nLinks) * 1000) : 0);
+    $("node-slider").disabled = false;
+    $("node-slider").value = "0";
+    $("search").disabled = false;
+    $("search-status").textContent = "";
     const meta = graph.metadata;
     const title = $("graph-title");
     const prompt = typeof meta.prompt === "string" ? meta.prompt : graph.tokens.join("");
     title.innerHTML = `<span class="prompt">${esc(prompt)}</span> <span class="muted">· ${esc(meta.slug || fileName)} · ${esc(meta.scan || "")} · ${graph.nodes.length} nodes · ${graph.nLinks} links</span>`;
+    const unknown = graph.tokens.filter(isUnknownToken).length;
+    const note = $("unk-note");
+    note.hidden = unknown === 0;
+    note.textContent = unknown
+      ? `${unknown} of the ${graph.tokens.length} prompt tokens are unknown to the model (${graph.tokens.find(isUnknownToken)}): ` +
+        "it reads those words as one meaningless token. The prompt box lists the words it knows."
+      : "";
     const top = graph.topLogit >= 0 ? graph.nodes[graph.topLogit] : null;
     if (top) title.innerHTML += ` <span id="top-logit" class="muted">· top logit <b>${esc(JSON.stringify(top.token))}</b> p=${esc(fmt(top.prob))}</span>`;
+    title.title = title.textContent;
     $("download-json").disabled = false;
-    const drawMs = render();
+    render();
+    applyNodeFilter();
+    measureToFrame("npg:render", started);
     const svg = $("graph");
-    // Timings for the render benchmark: parsing, then layout and DOM building; paint follows.
-    window.npgViewer.lastRender = { parseMs: parsed - started, drawMs, nodes: graph.nodes.length, links: graph.nLinks, drawnEdges: state.drawn };
     svg.dataset.rendered = String(Number(svg.dataset.rendered || 0) + 1);
   }
 
@@ -697,6 +1036,7 @@
   }
 
   function showTooltip(event) {
+    const started = performance.now();
     const target = event.target.closest(".node");
     const tip = $("tooltip");
     if (!target || !state.graph) {
@@ -710,23 +1050,29 @@
         .map(([k, v]) => `<div${k === "label" ? ' class="t-label"' : ""}>${esc(k)}: ${esc(v)}</div>`)
         .join("");
     tip.hidden = false;
+    // The card stays inside the graph area, so it never covers the panels beside it.
+    const area = $("graph-view").getBoundingClientRect();
     const pad = 14;
-    const left = Math.min(event.clientX + pad, window.innerWidth - tip.offsetWidth - 4);
-    const top = event.clientY + pad + tip.offsetHeight > window.innerHeight ? event.clientY - tip.offsetHeight - pad : event.clientY + pad;
-    tip.style.left = `${Math.max(4, left)}px`;
-    tip.style.top = `${Math.max(4, top)}px`;
+    let left = event.clientX + pad;
+    if (left + tip.offsetWidth > area.right - 4) left = event.clientX - pad - tip.offsetWidth;
+    let top = event.clientY + pad;
+    if (top + tip.offsetHeight > area.bottom - 4) top = event.clientY - pad - tip.offsetHeight;
+    tip.style.left = `${Math.max(area.left + 4, left)}px`;
+    tip.style.top = `${Math.max(area.top + 4, top)}px`;
+    measureToFrame("npg:hover", started);
   }
 
   // ------------------------------------------------------------------ selection
   function clearSelection() {
+    const wasSelected = state.selected >= 0;
     state.selected = -1;
     $("highlight-layer").replaceChildren();
-    $("graph-back").classList.remove("dimmed");
     $("node-layer").classList.remove("dimmed");
     for (const el of document.querySelectorAll("#node-layer .selected, #node-layer .neighbor")) el.classList.remove("selected", "neighbor");
     $("selection").hidden = true;
     $("selection-empty").hidden = false;
     $("steer-panel").hidden = true;
+    if (wasSelected && state.graph) requestDraw();
   }
 
   function neighbourItem(other, w) {
@@ -734,7 +1080,7 @@
     const button = document.createElement("button");
     button.type = "button";
     button.dataset.id = other.id;
-    const label = other.kind === "logit" ? ` ${JSON.stringify(other.token)}` : other.kind === "embedding" ? ` ${JSON.stringify(state.graph.tokens[other.pos] ?? "")}` : "";
+    const label = other.kind === "logit" || other.kind === "embedding" ? ` ${JSON.stringify(nodeLabel(other))}` : "";
     button.textContent = `${other.id}${label}`;
     button.addEventListener("click", () => selectNode(state.graph.index.get(other.id)));
     const weight = document.createElement("span");
@@ -744,36 +1090,58 @@
     return li;
   }
 
-  function selectNode(i) {
+  function linkDirection() {
+    return document.querySelector('input[name="link-dir"]:checked').value;
+  }
+
+  /**
+   * Draw the selected node's links that pass every filter: the direction chosen, the edge
+   * slider (a link weaker than the slider's threshold is hidden here too) and shown ends.
+   */
+  function highlight() {
     const graph = state.graph;
-    if (!graph || i === undefined || i < 0 || i >= graph.nodes.length) return;
-    clearSelection();
-    state.selected = i;
-    const node = graph.nodes[i];
+    const i = state.selected;
     const lay = state.layout;
-    const incoming = [];
-    const outgoing = [];
-    for (let e = 0; e < graph.nLinks; e++) {
-      if (graph.dst[e] === i) incoming.push(e);
-      if (graph.src[e] === i) outgoing.push(e);
-    }
+    const dir = linkDirection();
+    const visible = Math.min(state.visible, graph.nLinks);
     const maxAbs = graph.nLinks ? graph.absW[graph.order[0]] : 0;
-    const markup = [];
     const nodeEls = $("node-layer").children;
-    for (const [edges, dir] of [[incoming, "in"], [outgoing, "out"]]) {
-      for (const e of edges) {
+    for (const el of document.querySelectorAll("#node-layer .neighbor")) el.classList.remove("neighbor");
+    const markup = [];
+    let incident = 0;
+    const sides = [];
+    if (dir !== "out") sides.push(["in", graph.inStart, graph.inEdges, graph.src]);
+    if (dir !== "in") sides.push(["out", graph.outStart, graph.outEdges, graph.dst]);
+    for (const [side, start, edges, other] of sides) {
+      for (let j = start[i]; j < start[i + 1]; j++) {
+        const e = edges[j];
+        incident++;
+        const o = other[e];
+        if (graph.rank[e] >= visible || !state.shown[o]) continue;
         const s = graph.src[e];
         const t = graph.dst[e];
         const w = graph.weight[e];
         const width = 1 + 2 * WIDTH_BUCKETS[bucketOf(graph.absW[e], maxAbs)];
-        markup.push(`<path class="hl-edge hl-${dir} ${w < 0 ? "neg" : "pos"}" data-source="${esc(graph.nodes[s].id)}" data-target="${esc(graph.nodes[t].id)}" stroke-width="${width.toFixed(1)}" d="${edgePath(lay.x[s], lay.y[s], lay.x[t], lay.y[t])}"/>`);
-        nodeEls[dir === "in" ? s : t].classList.add("neighbor");
+        markup.push(`<path class="hl-edge hl-${side} ${w < 0 ? "neg" : "pos"}" data-source="${esc(graph.nodes[s].id)}" data-target="${esc(graph.nodes[t].id)}" stroke-width="${width.toFixed(1)}" d="${edgePath(lay.x[s], lay.y[s], lay.x[t], lay.y[t])}"/>`);
+        nodeEls[o].classList.add("neighbor");
       }
     }
     $("highlight-layer").innerHTML = markup.join("");
-    $("graph-back").classList.add("dimmed");
+    state.highlighted = markup.length;
+    state.incident = incident;
+    requestDraw();
+  }
+
+  function selectNode(i) {
+    const graph = state.graph;
+    if (!graph || i === undefined || i < 0 || i >= graph.nodes.length) return;
+    const started = performance.now();
+    clearSelection();
+    state.selected = i;
+    const node = graph.nodes[i];
+    highlight();
     $("node-layer").classList.add("dimmed");
-    nodeEls[i].classList.add("selected");
+    $("node-layer").children[i].classList.add("selected");
 
     $("selection-empty").hidden = true;
     $("selection").hidden = false;
@@ -787,19 +1155,85 @@
       dd.textContent = String(v);
       facts.append(dt, dd);
     }
-    const strongest = (edges, end) => {
-      const list = end === "src" ? $("sel-inputs") : $("sel-outputs");
+    const strongest = (start, edges, other, list) => {
       list.replaceChildren();
-      edges
-        .slice()
+      const mine = Array.from(edges.subarray(start[i], start[i + 1]));
+      mine
         .sort((a, b) => graph.absW[b] - graph.absW[a])
         .slice(0, NEIGHBOURS_SHOWN)
-        .forEach((e) => list.appendChild(neighbourItem(graph.nodes[end === "src" ? graph.src[e] : graph.dst[e]], graph.weight[e])));
-      if (!edges.length) list.innerHTML = '<li class="muted">none</li>';
+        .forEach((e) => list.appendChild(neighbourItem(graph.nodes[other[e]], graph.weight[e])));
+      if (!mine.length) list.innerHTML = '<li class="muted">none</li>';
     };
-    strongest(incoming, "src");
-    strongest(outgoing, "dst");
+    strongest(graph.inStart, graph.inEdges, graph.src, $("sel-inputs"));
+    strongest(graph.outStart, graph.outEdges, graph.dst, $("sel-outputs"));
     showSteerPanel(i);
+    measureToFrame("npg:select", started);
+  }
+
+  // ------------------------------------------------------------------ search
+  // "L_F_P" (a node id), "layer/index" (a feature at any position, most influential first) or
+  // token text (that token's embedding; exact match first, then containing). Searching the
+  // same text again moves to the next match.
+  function searchMatches(query) {
+    const graph = state.graph;
+    const q = query.trim();
+    if (!q) return [];
+    if (graph.index.has(q)) return [graph.index.get(q)];
+    const pair = /^(\d+)\s*\/\s*(\d+)$/.exec(q);
+    if (pair) {
+      const layer = Number(pair[1]);
+      const feature = Number(pair[2]);
+      const found = [];
+      graph.nodes.forEach((node, i) => {
+        if (node.kind === "feature" && node.layerNum === layer && node.feature === feature) found.push(i);
+      });
+      return found.sort((a, b) => importance(graph.nodes[b]) - importance(graph.nodes[a]));
+    }
+    const needle = q.toLowerCase();
+    const embedAt = new Map();
+    graph.nodes.forEach((node, i) => {
+      if (node.kind === "embedding" && !embedAt.has(node.pos)) embedAt.set(node.pos, i);
+    });
+    const exact = [];
+    const partial = [];
+    graph.tokens.forEach((token, pos) => {
+      if (!embedAt.has(pos)) return;
+      const text = String(token).trim().toLowerCase();
+      if (text === needle) exact.push(embedAt.get(pos));
+      else if (text.includes(needle)) partial.push(embedAt.get(pos));
+    });
+    return exact.concat(partial);
+  }
+
+  function runSearch(event) {
+    event.preventDefault();
+    if (!state.graph) return;
+    const query = $("search").value;
+    const status = $("search-status");
+    let search = state.search;
+    if (!search || search.query !== query) {
+      search = { query, matches: searchMatches(query), at: -1 };
+      state.search = search;
+    }
+    if (!search.matches.length) {
+      status.className = "search-status error";
+      status.textContent = query.trim() ? `no node or token matches “${query.trim()}”` : "";
+      return;
+    }
+    search.at = (search.at + 1) % search.matches.length;
+    const i = search.matches[search.at];
+    if (!state.shown[i]) {
+      // A filtered-out match is shown rather than silently skipped: reset the filters.
+      $("node-slider").value = "0";
+      $("hide-errors").checked = false;
+      applyNodeFilter();
+    }
+    selectNode(i);
+    centreOn(i);
+    const node = state.graph.nodes[i];
+    const count = search.matches.length > 1 ? ` (${search.at + 1} of ${search.matches.length}; Enter for the next)` : "";
+    status.className = "search-status";
+    status.textContent = `${node.id} ${JSON.stringify(nodeLabel(node))}${count}`;
   }
 
   // ------------------------------------------------------------------ steering
@@ -879,6 +1313,9 @@
   async function steer(event) {
     event.preventDefault();
     const status = $("steer-status");
+    // The previous result goes as soon as a new one is asked for: an error must not sit
+    // beside an old continuation.
+    $("steer-result").hidden = true;
     const sent = await submit(status, "steer-run", "Steering", "/steer", steerRequest);
     if (!sent) return;
     const { request, result, started } = sent;
@@ -892,6 +1329,92 @@
     fillSteerColumn($("steer-steered"), body.STEERED_GENERATION, request.prompt, body.STEERED_LOGITS_BY_TOKEN || []);
     $("steer-result").hidden = false;
     setStatus(status, "ok", `Done in ${((performance.now() - started) / 1000).toFixed(2)} s.`);
+  }
+
+  // ------------------------------------------------------------------ zoom, pan, resize
+  function wireViewControls() {
+    const view = $("graph-view");
+    let drag = null;
+    let suppressClick = false;
+    view.addEventListener(
+      "wheel",
+      (event) => {
+        if (!state.graph) return;
+        event.preventDefault();
+        const started = performance.now();
+        const rect = view.getBoundingClientRect();
+        const delta = event.deltaMode === 1 ? event.deltaY * 16 : event.deltaY;
+        zoomAt(event.clientX - rect.left, event.clientY - rect.top, Math.exp(-delta * 0.002));
+        measureToFrame("npg:zoom", started);
+      },
+      { passive: false },
+    );
+    view.addEventListener("pointerdown", (event) => {
+      suppressClick = false;
+      if (!state.graph || event.button !== 0 || event.target.closest(".zoom-buttons")) return;
+      drag = { id: event.pointerId, x: event.clientX, y: event.clientY, tx: state.view.tx, ty: state.view.ty, moved: false };
+    });
+    view.addEventListener("pointermove", (event) => {
+      if (!drag || event.pointerId !== drag.id) return;
+      const dx = event.clientX - drag.x;
+      const dy = event.clientY - drag.y;
+      if (!drag.moved && Math.hypot(dx, dy) < 4) return;
+      if (!drag.moved) {
+        // Captured only once it is a drag, so a plain click still reaches the node under it.
+        drag.moved = true;
+        view.setPointerCapture(event.pointerId);
+        view.classList.add("panning");
+        $("tooltip").hidden = true;
+      }
+      setView({ k: state.view.k, tx: drag.tx + dx, ty: drag.ty + dy }, true);
+    });
+    const endDrag = (event) => {
+      if (!drag || event.pointerId !== drag.id) return;
+      suppressClick = drag.moved;
+      drag = null;
+      view.classList.remove("panning");
+    };
+    view.addEventListener("pointerup", endDrag);
+    view.addEventListener("pointercancel", endDrag);
+    $("graph").addEventListener("click", (event) => {
+      if (suppressClick) {
+        suppressClick = false;
+        return;
+      }
+      const target = event.target.closest(".node");
+      if (target) selectNode(Number(target.dataset.i));
+      else clearSelection();
+    });
+    $("zoom-in").addEventListener("click", () => zoomCentre(1.5));
+    $("zoom-out").addEventListener("click", () => zoomCentre(1 / 1.5));
+    $("zoom-fit").addEventListener("click", () => state.graph && setView({ ...state.fit }));
+    // A new size lays the graph out again for the new shape, fitted.
+    new ResizeObserver(() => {
+      if (state.graph && state.viewSize !== `${view.clientWidth}x${view.clientHeight}`) render();
+    }).observe(view);
+  }
+
+  // ------------------------------------------------------------------ the demo's vocabulary
+  // A small model (the demo) knows few words: say which words of the prompt it does not know
+  // (they become <unk>) and list the ones it does, before anything is generated.
+  function updateVocabNotice() {
+    const vocab = state.health && state.health.vocabulary;
+    const box = $("vocab-notice");
+    if (!vocab) {
+      box.hidden = true;
+      return;
+    }
+    if (!state.known) {
+      state.known = new Set(vocab.words);
+      const shown = [...new Set(vocab.words.map((w) => w.trim()).filter((w) => w))];
+      $("vocab-words").textContent = shown.join(" ");
+    }
+    const pieces = $("prompt").value.match(WORD_PIECES) || [];
+    const unknown = [...new Set(pieces.filter((p) => !state.known.has(p)).map((p) => p.trim()).filter((p) => p))];
+    box.hidden = unknown.length === 0;
+    $("vocab-unknown").textContent =
+      `This model knows only ${state.known.size} tokens: ${unknown.map((w) => `“${w}”`).join(", ")} ` +
+      `${unknown.length === 1 ? "is" : "are"} not among them and will be read as ${vocab.unk_token || "an unknown token"}.`;
   }
 
   // ------------------------------------------------------------------ wiring
@@ -912,35 +1435,45 @@
     $("file-input").addEventListener("change", openFile);
     $("download-json").addEventListener("click", downloadGraph);
 
-    let pending = false;
-    $("edge-slider").addEventListener("input", () => {
-      if (!state.graph) return;
-      state.visible = sliderToVisible($("edge-slider").value, state.graph.nLinks);
-      if (pending) return;
-      pending = true;
-      requestAnimationFrame(() => {
-        pending = false;
-        drawEdges();
-      });
-    });
+    const frameAfter = (name, update) => {
+      let pending = false;
+      let started = 0;
+      return () => {
+        if (!state.graph) return;
+        if (!pending) started = performance.now();
+        update();
+        if (pending) return;
+        pending = true;
+        requestAnimationFrame(() => {
+          pending = false;
+          measureToFrame(name, started);
+        });
+      };
+    };
+    $("edge-slider").addEventListener(
+      "input",
+      frameAfter("npg:edge-slider", () => {
+        state.visible = sliderToVisible($("edge-slider").value, state.graph.nLinks);
+        if (state.selected >= 0) highlight();
+        requestDraw();
+      }),
+    );
+    $("node-slider").addEventListener("input", frameAfter("npg:node-slider", applyNodeFilter));
+    $("hide-errors").addEventListener("change", () => state.graph && applyNodeFilter());
+    for (const radio of document.querySelectorAll('input[name="link-dir"]')) {
+      radio.addEventListener("change", () => state.graph && state.selected >= 0 && highlight());
+    }
+    $("search-form").addEventListener("submit", runSearch);
     const nodeLayer = $("node-layer");
     nodeLayer.addEventListener("mousemove", showTooltip);
     nodeLayer.addEventListener("mouseleave", () => {
       $("tooltip").hidden = true;
     });
-    $("graph").addEventListener("click", (event) => {
-      const target = event.target.closest(".node");
-      if (target) selectNode(Number(target.dataset.i));
-      else clearSelection();
-    });
+    wireViewControls();
     document.addEventListener("keydown", (event) => {
       if (event.key === "Escape" && state.selected >= 0) clearSelection();
     });
-    let resizeTimer = 0;
-    window.addEventListener("resize", () => {
-      clearTimeout(resizeTimer);
-      resizeTimer = setTimeout(() => state.graph && render(), 150);
-    });
+    $("prompt").addEventListener("input", updateVocabNotice);
     loadHealth();
   }
 
