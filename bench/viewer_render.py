@@ -203,6 +203,7 @@ def main() -> None:
             if args.shots:
                 args.shots.mkdir(parents=True, exist_ok=True)
                 page.mouse.move(0, 0)
+                page.evaluate("() => { document.getElementById('tooltip').hidden = true; }")
                 page.screenshot(path=str(args.shots / "viewer-5000-fitted.png"))
                 for _ in range(4):
                     bench.action("shot_zoom", "npg:zoom", wheel(-300))

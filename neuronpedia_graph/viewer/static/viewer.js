@@ -36,7 +36,6 @@
   const MIN_ZOOM_OF_FIT = 0.25; // zooming out stops at a quarter of the fitted size
   const MAX_ZOOM = 40;
   const SEARCH_ZOOM = 1.5; // a search result is shown at least this large
-  const SELECTED_DIM = 0.15; // other edges fade to this while a node is selected
   // A graph file's coordinates must be plausible (a prompt position, a layer number).
   const MAX_POSITIONS = 65536;
   const MAX_LAYER = 1024;
@@ -66,6 +65,7 @@
     incident: 0,
     search: null,
     moving: false, // the view is being zoomed or panned (see MOVING_EDGES)
+    counted: { drawn: 0, visible: 0 }, // what the last edge drawing let through
     known: null, // the small vocabulary as a Set
   };
 
@@ -685,7 +685,9 @@
         requestDraw();
       }, SETTLE_MS);
     }
-    $("world").setAttribute("transform", `translate(${view.tx.toFixed(2)} ${view.ty.toFixed(2)}) scale(${view.k.toFixed(5)})`);
+    const transform = `translate(${view.tx.toFixed(2)} ${view.ty.toFixed(2)}) scale(${view.k.toFixed(5)})`;
+    $("world").setAttribute("transform", transform);
+    $("overlay-world").setAttribute("transform", transform);
     el.dataset.zoom = (view.k / state.fit.k).toFixed(4);
     requestDraw();
   }
@@ -737,14 +739,7 @@
     return `L${row - 1}`;
   }
 
-  function drawCanvas() {
-    const graph = state.graph;
-    const lay = state.layout;
-    const { k, tx, ty } = state.view;
-    const view = $("graph-view");
-    const w = view.clientWidth;
-    const h = view.clientHeight;
-    const canvas = $("edge-canvas");
+  function sizedContext(canvas, w, h) {
     const dpr = window.devicePixelRatio || 1;
     if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
       canvas.width = Math.round(w * dpr);
@@ -753,20 +748,33 @@
     const ctx = canvas.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, w, h);
+    return ctx;
+  }
+
+  function drawCanvas() {
+    const graph = state.graph;
+    const lay = state.layout;
+    const { k, tx, ty } = state.view;
+    const view = $("graph-view");
+    const w = view.clientWidth;
+    const h = view.clientHeight;
     // Layer bands and token columns.
+    const bands = sizedContext($("band-canvas"), w, h);
     for (let row = 0; row < lay.nRows; row++) {
-      ctx.fillStyle = row % 2 ? BAND_ALT : BAND;
-      ctx.fillRect(tx, ty + k * lay.bandTop[row], k * lay.W, k * lay.bandH[row]);
+      bands.fillStyle = row % 2 ? BAND_ALT : BAND;
+      bands.fillRect(tx, ty + k * lay.bandTop[row], k * lay.W, k * lay.bandH[row]);
     }
-    ctx.beginPath();
+    bands.beginPath();
     for (let pos = 0; pos <= lay.nPos; pos++) {
       const x = Math.round(tx + k * lay.colX[pos]) + 0.5;
-      ctx.moveTo(x, ty);
-      ctx.lineTo(x, ty + k * lay.H);
+      bands.moveTo(x, ty);
+      bands.lineTo(x, ty + k * lay.H);
     }
-    ctx.strokeStyle = COLUMN_LINE;
-    ctx.lineWidth = 1;
-    ctx.stroke();
+    bands.strokeStyle = COLUMN_LINE;
+    bands.lineWidth = 1;
+    bands.stroke();
+    const canvas = $("edge-canvas");
+    const ctx = sizedContext(canvas, w, h);
     // Edges: the strongest `visible` links whose ends are both shown, at most MAX_DRAWN_EDGES
     // (MOVING_EDGES while the view moves), one path per (sign, width bucket); curves entirely
     // off screen are skipped. `drawn` counts what the filters let through, whatever the view.
@@ -796,22 +804,23 @@
       path.bezierCurveTo(x1, ym, x2, ym, x2, y2);
       curves++;
     }
-    const dim = state.selected >= 0 ? SELECTED_DIM : 1;
     ctx.lineCap = "round";
     paths.forEach((path, b) => {
       const bucket = b % WIDTH_BUCKETS.length;
       ctx.strokeStyle = b < WIDTH_BUCKETS.length ? POSITIVE : NEGATIVE;
       ctx.lineWidth = WIDTH_BUCKETS[bucket];
-      ctx.globalAlpha = (0.25 + 0.15 * bucket) * dim;
+      ctx.globalAlpha = 0.25 + 0.15 * bucket;
       ctx.stroke(path);
     });
     ctx.globalAlpha = 1;
     canvas.dataset.curves = String(curves);
-    updateEdgeCount(drawn, visible);
+    state.counted = { drawn, visible };
+    updateEdgeCount();
   }
 
-  function updateEdgeCount(drawn, visible) {
+  function updateEdgeCount() {
     const graph = state.graph;
+    const { drawn, visible } = state.counted;
     const hidden = graph.nLinks - drawn;
     const threshold = visible ? graph.absW[graph.order[visible - 1]] : null;
     let text = `${drawn.toLocaleString("en-US")} of ${graph.nLinks.toLocaleString("en-US")} edges · ${hidden.toLocaleString("en-US")} hidden`;
@@ -1067,12 +1076,15 @@
     const wasSelected = state.selected >= 0;
     state.selected = -1;
     $("highlight-layer").replaceChildren();
+    $("front-layer").replaceChildren();
+    $("veil").classList.remove("on");
+    $("edge-canvas").classList.remove("dimmed");
     $("node-layer").classList.remove("dimmed");
     for (const el of document.querySelectorAll("#node-layer .selected, #node-layer .neighbor")) el.classList.remove("selected", "neighbor");
     $("selection").hidden = true;
     $("selection-empty").hidden = false;
     $("steer-panel").hidden = true;
-    if (wasSelected && state.graph) requestDraw();
+    if (wasSelected && state.graph) updateEdgeCount();
   }
 
   function neighbourItem(other, w) {
@@ -1127,9 +1139,27 @@
       }
     }
     $("highlight-layer").innerHTML = markup.join("");
+    // The selected node and its neighbours again, above the veil (copies: the originals below
+    // keep taking the mouse, since nothing above them does).
+    const front = [];
+    for (const el of document.querySelectorAll("#node-layer .neighbor, #node-layer .selected")) {
+      const copy = el.cloneNode(false);
+      copy.removeAttribute("data-id");
+      copy.removeAttribute("data-i");
+      copy.classList.add("front");
+      front.push(copy);
+    }
+    $("front-layer").replaceChildren(...front);
+    const veil = $("veil");
+    veil.setAttribute("x", -lay.W);
+    veil.setAttribute("y", -lay.H);
+    veil.setAttribute("width", 3 * lay.W);
+    veil.setAttribute("height", 3 * lay.H);
+    veil.classList.add("on");
+    $("edge-canvas").classList.add("dimmed");
     state.highlighted = markup.length;
     state.incident = incident;
-    requestDraw();
+    updateEdgeCount();
   }
 
   function selectNode(i) {
@@ -1139,9 +1169,9 @@
     clearSelection();
     state.selected = i;
     const node = graph.nodes[i];
-    highlight();
     $("node-layer").classList.add("dimmed");
     $("node-layer").children[i].classList.add("selected");
+    highlight();
 
     $("selection-empty").hidden = true;
     $("selection").hidden = false;
