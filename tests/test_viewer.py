@@ -27,6 +27,7 @@ from tests.conftest import REPO, SECRET
 PARIS = "The city of Paris is in"
 ROME = "The city of Rome is in"
 SCREENSHOT_COPY = REPO / "build" / "viewer-screenshot.png"
+SMALL_SCREEN_SHOT = REPO / "build" / "viewer-27-tokens-1280x720.png"
 DEFAULT_VISIBLE_EDGES = 3000  # viewer.js: edges drawn before the slider is touched
 MAX_DRAWN_EDGES = 30000  # viewer.js: the drawing cap
 
@@ -546,14 +547,15 @@ def test_busy_server_is_shown_as_a_message(tab, live_server):
 def _no_stale_screenshot() -> Iterator[None]:
     """The copied screenshot is this run's: an old one must not pass for a new one."""
     SCREENSHOT_COPY.unlink(missing_ok=True)
+    SMALL_SCREEN_SHOT.unlink(missing_ok=True)
     yield
 
 
 # ----------------------------------------------------------------------------- real size
 # 26 words the demo knows, after <bos>: 27 prompt tokens.
 PROMPT_27 = (
-    "The city of Paris is in France . The city of Rome is in Italy . "
-    "The city of Berlin is in Germany . The city"
+    "The city of Paris is in France . the city of Rome is in Italy . "
+    "the city of Berlin is in Germany . the city"
 )
 NODE_BOXES = """() => [...document.querySelectorAll('#node-layer .node')].map((e) => {
   const r = e.getBoundingClientRect();
@@ -609,7 +611,10 @@ def small_screen(browser: Any, live_server: Any) -> Iterator[SmallScreen]:
 
 def test_a_27_token_graph_fits_a_1280x720_screen_without_scrolling(small_screen):
     page, doc = small_screen.tab.page, small_screen.doc
-    assert len(doc["metadata"]["prompt_tokens"]) == 27
+    assert (
+        len(doc["metadata"]["prompt_tokens"]) == 27
+        and "<unk>" not in doc["metadata"]["prompt_tokens"]
+    )
     area = plot_area(page)
     boxes = page.evaluate(NODE_BOXES)
     assert len(boxes) == len(doc["nodes"])
@@ -648,6 +653,8 @@ def test_a_27_token_graph_fits_a_1280x720_screen_without_scrolling(small_screen)
     empty = [widths[p] for p in range(27) if p not in with_features]
     full = [widths[p] for p in with_features]
     assert empty and full and max(empty) < min(full) / 2
+    SCREENSHOT_COPY.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SMALL_SCREEN_SHOT))
     small_screen.tab.assert_clean()
 
 
@@ -936,7 +943,7 @@ def test_the_page_says_which_words_the_demo_does_not_know(tab):
     notice = page.locator("#vocab-notice")
     notice.wait_for(state="visible")
     text = page.inner_text("#vocab-unknown")
-    assert "“Hello”, “world” are not among them" in text and "<unk>" in text
+    assert '"Hello", " world" are not among them' in text and "<unk>" in text
     assert "Paris" not in text
     page.click("#vocab-notice summary")
     words = page.inner_text("#vocab-words").split()

@@ -28,8 +28,9 @@
   const COL_GAP = SLOT; // space between columns that hold features
   const EMPTY_COL_GAP = 3; // a token column with no features is one node wide
   const BAND_PAD = 10;
+  const BAND_STRETCH = 120;
   // Screen pixels kept around the fitted graph: the layer axis, the token axis, logit labels.
-  const AXIS = { left: 46, right: 14, top: 40, bottom: 74 };
+  const AXIS = { left: 46, right: 14, top: 64, bottom: 74 };
   const TOKEN_LABEL_SPACING = 12;
   const ROW_LABEL_SPACING = 12;
   const MAX_FIT_ZOOM = 3; // a tiny graph is not blown up beyond this
@@ -586,12 +587,16 @@
       node.r = R_MIN + (R_MAX - R_MIN) * Math.sqrt(importance(node));
       count[node.row * nPos + node.pos]++;
     }
+    // Logits stand in one line (their labels need the room above them); the other rows'
+    // fullest cell sets how wide a column must be.
     const colMax = new Int32Array(nPos);
+    const logitsAt = new Int32Array(nPos);
     const colFull = new Uint8Array(nPos); // has a feature or error node
     for (let row = 0; row < nRows; row++) {
       for (let pos = 0; pos < nPos; pos++) {
         const c = count[row * nPos + pos];
-        colMax[pos] = Math.max(colMax[pos], c);
+        if (row === nRows - 1) logitsAt[pos] = c;
+        else colMax[pos] = Math.max(colMax[pos], c);
         if (c && row > 0 && row < nRows - 1) colFull[pos] = 1;
       }
     }
@@ -602,7 +607,7 @@
       const colW = new Float64Array(nPos);
       let W = 0;
       for (let pos = 0; pos < nPos; pos++) {
-        perLine[pos] = Math.max(1, Math.ceil(colMax[pos] / maxLines));
+        perLine[pos] = Math.max(1, logitsAt[pos], Math.ceil(colMax[pos] / maxLines));
         colW[pos] = perLine[pos] * SLOT + (colFull[pos] ? COL_GAP : EMPTY_COL_GAP);
         W += colW[pos];
       }
@@ -626,7 +631,13 @@
       const g = geometry(lines);
       if (!best || g.scale > best.scale * 1.0001) best = g;
     }
-    const { perLine, colW, W, bandH, H } = best;
+    const { perLine, colW, W, bandH } = best;
+    // Height left over once the width sets the scale goes to the bands (up to BAND_STRETCH
+    // each), so a wide, flat graph uses the view's height instead of a thin strip of it.
+    const spare = availH / best.scale - best.H;
+    if (spare > 0) for (let row = 0; row < nRows; row++) bandH[row] += Math.min(BAND_STRETCH, spare / nRows);
+    let H = 0;
+    for (let row = 0; row < nRows; row++) H += bandH[row];
     const colX = new Float64Array(nPos + 1);
     for (let pos = 0; pos < nPos; pos++) colX[pos + 1] = colX[pos] + colW[pos];
     const bandTop = new Float64Array(nRows);
@@ -843,17 +854,18 @@
     const h = view.clientHeight;
     // Token labels along the bottom, under their column wherever the graph is panned.
     const bottom = $("axis-bottom");
-    const bw = Math.max(0, w - AXIS.left);
+    // The strip spans the whole width: a label leans left, under the layer axis.
+    const bw = w;
     bottom.setAttribute("width", bw);
     bottom.setAttribute("height", AXIS.bottom);
-    bottom.style.left = `${AXIS.left}px`;
+    bottom.style.left = "0px";
     bottom.style.width = `${bw}px`;
     bottom.style.height = `${AXIS.bottom}px`;
     const parts = [];
     let last = -Infinity;
     for (let pos = 0; pos < lay.nPos; pos++) {
-      const cx = tx + k * (lay.colX[pos] + lay.colW[pos] / 2) - AXIS.left;
-      if (cx < -2 || cx > bw + 40 || cx - last < TOKEN_LABEL_SPACING) continue;
+      const cx = tx + k * (lay.colX[pos] + lay.colW[pos] / 2);
+      if (cx < AXIS.left - 2 || cx > bw + 40 || cx - last < TOKEN_LABEL_SPACING) continue;
       last = cx;
       const token = graph.tokens[pos];
       const label = token === undefined ? `#${pos}` : showToken(token);
@@ -888,11 +900,11 @@
     graph.nodes.forEach((node, i) => {
       if (node.kind !== "logit") return;
       const x = tx + k * lay.x[i];
-      // Logits sit in the last column, at the right edge: their labels lean up and left.
+      // Logits sit in the last column, at the right edge: their labels rise steeply to the left.
       const y = ty + k * (lay.y[i] - node.r) - 2;
       const text = nodeLabel(node);
-      const short = text.length > 12 ? `${text.slice(0, 11)}…` : text;
-      labels.push(`<text class="logit-label${i === graph.topLogit ? " top" : ""}" data-i="${i}" x="${x.toFixed(1)}" y="${y.toFixed(1)}" text-anchor="end" transform="rotate(30 ${x.toFixed(1)} ${y.toFixed(1)})">${esc(short)}</text>`);
+      const short = text.length > 10 ? `${text.slice(0, 9)}…` : text;
+      labels.push(`<text class="logit-label${i === graph.topLogit ? " top" : ""}" data-i="${i}" x="${x.toFixed(1)}" y="${y.toFixed(1)}" text-anchor="end" transform="rotate(60 ${x.toFixed(1)} ${y.toFixed(1)})">${esc(short)}</text>`);
     });
     $("label-layer").innerHTML = labels.join("");
   }
@@ -1440,10 +1452,12 @@
       $("vocab-words").textContent = shown.join(" ");
     }
     const pieces = $("prompt").value.match(WORD_PIECES) || [];
-    const unknown = [...new Set(pieces.filter((p) => !state.known.has(p)).map((p) => p.trim()).filter((p) => p))];
+    // Pieces keep their leading space (" The" and "The" are different tokens), so they are
+    // quoted as the graph quotes tokens.
+    const unknown = [...new Set(pieces.filter((p) => !state.known.has(p) && p.trim()))];
     box.hidden = unknown.length === 0;
     $("vocab-unknown").textContent =
-      `This model knows only ${state.known.size} tokens: ${unknown.map((w) => `“${w}”`).join(", ")} ` +
+      `This model knows only ${state.known.size} tokens: ${unknown.map((w) => JSON.stringify(w)).join(", ")} ` +
       `${unknown.length === 1 ? "is" : "are"} not among them and will be read as ${vocab.unk_token || "an unknown token"}.`;
   }
 
