@@ -33,6 +33,7 @@
   const AXIS = { left: 46, right: 14, top: 64, bottom: 74 };
   const TOKEN_LABEL_SPACING = 12;
   const ROW_LABEL_SPACING = 12;
+  const LOGIT_LABEL_SPACING = 11;
   const MAX_FIT_ZOOM = 3; // a tiny graph is not blown up beyond this
   const MIN_ZOOM_OF_FIT = 0.25; // zooming out stops at a quarter of the fitted size
   const MAX_ZOOM = 40;
@@ -897,15 +898,23 @@
     const lay = state.layout;
     const { k, tx, ty } = state.view;
     const labels = [];
-    graph.nodes.forEach((node, i) => {
-      if (node.kind !== "logit") return;
+    // Labels too close to the previous one are left out (hover still names the node); the top
+    // logit is always labelled.
+    const logits = [];
+    graph.nodes.forEach((node, i) => node.kind === "logit" && state.shown[i] && logits.push(i));
+    logits.sort((a, b) => lay.x[a] - lay.x[b]);
+    let last = -Infinity;
+    for (const i of logits) {
+      const node = graph.nodes[i];
       const x = tx + k * lay.x[i];
+      if (x - last < LOGIT_LABEL_SPACING && i !== graph.topLogit) continue;
+      last = x;
       // Logits sit in the last column, at the right edge: their labels rise steeply to the left.
       const y = ty + k * (lay.y[i] - node.r) - 2;
       const text = nodeLabel(node);
       const short = text.length > 10 ? `${text.slice(0, 9)}…` : text;
       labels.push(`<text class="logit-label${i === graph.topLogit ? " top" : ""}" data-i="${i}" x="${x.toFixed(1)}" y="${y.toFixed(1)}" text-anchor="end" transform="rotate(60 ${x.toFixed(1)} ${y.toFixed(1)})">${esc(short)}</text>`);
-    });
+    }
     $("label-layer").innerHTML = labels.join("");
   }
 
