@@ -330,6 +330,8 @@ def test_clicking_the_france_feature_highlights_its_edges(paris):
         page.get_attribute("#sel-inputs li:first-child button", "data-id") == strongest_in["source"]
     )
     assert page.is_visible("#steer-panel")
+    # The demo graph names no Neuronpedia source set: no feature page to link to.
+    assert not page.is_visible("#sel-np-link")
 
 
 def test_steering_the_france_feature_on_rome_says_france(paris, tmp_path):
@@ -1070,3 +1072,41 @@ def test_nonsensical_coordinates_are_refused_with_a_message(tab, tmp_path):
         page.wait_for_selector(f"#status.ok:has-text('{path.name}')")
         assert page.locator("#node-layer .node").count() == 120
     tab.assert_clean()
+
+
+# ----------------------------------------------------------------------------- feature pages
+def test_the_feature_page_link_is_the_web_apps_and_nothing_is_fetched_before_a_click(tab, tmp_path):
+    page = tab.page
+    doc = synthetic_graph_document(150, 500, n_layers=4, n_pos=8, seed=2)
+    doc["metadata"]["scan"] = "gemma-2-2b"
+    doc["metadata"]["feature_details"] = {"neuronpedia_source_set": "gemmascope-transcoder-16k"}
+    feature = next(n for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder")
+    layer, index, _ = feature["node_id"].split("_")
+    path = tmp_path / "sourced.json"
+    path.write_bytes(orjson.dumps(doc))
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector("#status.ok:has-text('Opened sourced.json')")
+    page.click(f"#node-layer .node[data-id='{feature['node_id']}']")
+    expected = f"https://www.neuronpedia.org/gemma-2-2b/{layer}-gemmascope-transcoder-16k/{index}"
+    link = page.locator("#sel-np-link")
+    assert link.is_visible() and link.get_attribute("href") == expected
+    assert f"layer {layer} feature {index}" in link.inner_text()
+    # Other kinds of node have no feature page.
+    embedding = next(n["node_id"] for n in doc["nodes"] if n["feature_type"] == "embedding")
+    page.click(f"#node-layer .node[data-id='{embedding}']")
+    assert not link.is_visible()
+    tab.assert_clean()  # nothing went to Neuronpedia (or anywhere else) so far
+    # A click opens the page in a new tab (answered here: the tests have no internet).
+    page.click(f"#node-layer .node[data-id='{feature['node_id']}']")
+    asked: list[str] = []
+
+    def answer(route: Any) -> None:
+        asked.append(route.request.url)
+        route.fulfill(status=200, body="feature page", content_type="text/plain")
+
+    page.context.route("https://www.neuronpedia.org/**", answer)
+    with page.context.expect_page() as opened:
+        link.click()
+    opened.value.wait_for_load_state()
+    assert asked == [expected] and opened.value.url == expected
+    opened.value.close()

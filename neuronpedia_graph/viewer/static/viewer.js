@@ -41,6 +41,8 @@
   // A graph file's coordinates must be plausible (a prompt position, a layer number).
   const MAX_POSITIONS = 65536;
   const MAX_LAYER = 1024;
+  // Feature pages live at <site>/<model>/<layer>-<source set>/<index>, as the web app links them.
+  const NEURONPEDIA_URL = "https://www.neuronpedia.org";
   const POSITIVE = "#2f6fd0";
   const NEGATIVE = "#d0452f";
   const BAND = "#ffffff";
@@ -402,6 +404,27 @@
     return typeof raw.feature === "number" ? raw.feature : null;
   }
 
+  // The `feature` field is a Cantor pairing of (layer, index); this is the index.
+  function cantorIndex(value) {
+    const w = Math.floor((Math.sqrt(8 * value + 1) - 1) / 2);
+    return value - (w * w + w) / 2;
+  }
+
+  /**
+   * The feature's Neuronpedia page, built as the web app builds it: model from metadata.scan,
+   * source "<layer>-<neuronpedia_source_set>", index from the Cantor-paired `feature`. Null
+   * when the graph names no source set (the demo's does not) or the node is not a feature.
+   */
+  function featurePageUrl(node) {
+    const meta = state.graph.metadata;
+    const details = meta.feature_details && typeof meta.feature_details === "object" ? meta.feature_details : {};
+    const sourceSet = details.neuronpedia_source_set;
+    if (node.kind !== "feature" || typeof sourceSet !== "string" || !sourceSet || typeof meta.scan !== "string" || !meta.scan) return null;
+    if (node.layerNum === null || !Number.isInteger(node.rawFeature) || node.rawFeature < 0) return null;
+    const parts = [meta.scan, `${node.layerNum}-${sourceSet}`, String(cantorIndex(node.rawFeature))];
+    return `${NEURONPEDIA_URL}/${parts.map(encodeURIComponent).join("/")}`;
+  }
+
   function logitToken(clerp) {
     const match = /^Output "([\s\S]*)" \(p=[^)]*\)$/.exec(clerp);
     return match ? match[1] : clerp;
@@ -459,6 +482,7 @@
         layerNum,
         pos,
         feature: featureIndexOf(raw, kind),
+        rawFeature: typeof raw.feature === "number" ? raw.feature : null,
         influence: numberOrNull(raw.influence),
         activation: numberOrNull(raw.activation),
         prob: numberOrNull(raw.token_prob),
@@ -1205,6 +1229,15 @@
       const dd = document.createElement("dd");
       dd.textContent = String(v);
       facts.append(dt, dd);
+    }
+    const link = $("sel-np-link");
+    const url = featurePageUrl(node);
+    link.hidden = url === null;
+    if (url) {
+      link.href = url;
+      link.textContent = `Open layer ${node.layerNum} feature ${cantorIndex(node.rawFeature)} on Neuronpedia ↗`;
+    } else {
+      link.removeAttribute("href");
     }
     const strongest = (start, edges, other, list) => {
       list.replaceChildren();
