@@ -1110,3 +1110,69 @@ def test_the_feature_page_link_is_the_web_apps_and_nothing_is_fetched_before_a_c
     opened.value.wait_for_load_state()
     assert asked == [expected] and opened.value.url == expected
     opened.value.close()
+
+
+# ----------------------------------------------------------------------------- labels
+def test_labels_are_edited_saved_in_the_web_apps_qparams_and_restored(tab, tmp_path):
+    """qParams.clerps is the web app's: [[featureId, label], ...], featureId being
+    "<layer>_<feature field>_<ctx_idx>"; a file written that way opens with its labels."""
+    page = tab.page
+    doc = synthetic_graph_document(150, 500, n_layers=4, n_pos=8, seed=4)
+    features = [n for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    first, second = features[0], features[1]
+
+    def web_id(node: dict[str, Any]) -> str:
+        return f"{node['layer']}_{node['feature']}_{node['ctx_idx']}"
+
+    doc["qParams"]["clerps"] = [[web_id(first), "capital cities"], ["nope"], "bad"]
+    doc["qParams"]["pinnedIds"] = [first["node_id"]]
+    path = tmp_path / "labelled.json"
+    path.write_bytes(orjson.dumps(doc))
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector("#status.ok:has-text('Opened labelled.json')")
+    page.click(f"#node-layer .node[data-id='{first['node_id']}']")
+    assert page.input_value("#sel-label") == "capital cities"
+    assert "capital cities" in page.inner_text("#sel-facts")
+    # Unedited, the download is the file as opened, byte for byte.
+    with page.expect_download() as info:
+        page.click("#download-json")
+    same = tmp_path / "same.json"
+    info.value.save_as(str(same))
+    assert same.read_bytes() == path.read_bytes()
+    # Edit one label, clear the other.
+    page.click(f"#node-layer .node[data-id='{second['node_id']}']")
+    page.fill("#sel-label", "says France")
+    page.press("#sel-label", "Enter")
+    assert "label: says France" in page.inner_text("#sel-facts").replace("\n", ": ")
+    page.hover(f"#node-layer .node[data-id='{second['node_id']}']")
+    page.locator("#tooltip").wait_for(state="visible")
+    assert "label: says France" in page.inner_text("#tooltip")
+    with page.expect_download() as info:
+        page.click("#download-json")
+    saved = tmp_path / "saved.json"
+    info.value.save_as(str(saved))
+    written = orjson.loads(saved.read_bytes())
+    assert written["qParams"]["clerps"] == [
+        [web_id(first), "capital cities"],
+        [web_id(second), "says France"],
+    ]
+    # The rest of the document and of qParams is untouched.
+    assert written["qParams"]["pinnedIds"] == [first["node_id"]]
+    assert written["nodes"] == doc["nodes"] and written["links"] == doc["links"]
+    # Opening the saved file restores the labels.
+    page.set_input_files("#file-input", str(saved))
+    page.wait_for_selector("#status.ok:has-text('Opened saved.json')")
+    page.click(f"#node-layer .node[data-id='{second['node_id']}']")
+    assert page.input_value("#sel-label") == "says France"
+    # An emptied label goes back to the graph's own (and leaves qParams.clerps).
+    page.fill("#sel-label", "")
+    page.press("#sel-label", "Enter")
+    assert page.input_value("#sel-label") == second["clerp"]
+    with page.expect_download() as info:
+        page.click("#download-json")
+    again = tmp_path / "again.json"
+    info.value.save_as(str(again))
+    assert orjson.loads(again.read_bytes())["qParams"]["clerps"] == [
+        [web_id(first), "capital cities"]
+    ]
+    tab.assert_clean()

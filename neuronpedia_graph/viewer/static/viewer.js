@@ -70,7 +70,9 @@
     search: null,
     moving: false, // the view is being zoomed or panned (see MOVING_EDGES)
     counted: { drawn: 0, visible: 0 }, // what the last edge drawing let through
-    known: null, // the small vocabulary as a Set
+    known: null,
+    labels: new Map(), // web-app feature id -> label typed here or read from qParams.clerps
+    labelsEdited: false, // the small vocabulary as a Set
   };
 
   // ------------------------------------------------------------------ small helpers
@@ -373,9 +375,19 @@
     }
   }
 
+  // The document to save: as received, unless labels were edited; then the same document with
+  // its qParams.clerps replaced (the web app's format, so Neuronpedia reads them too).
+  function documentText() {
+    if (!state.labelsEdited) return state.rawText;
+    const doc = JSON.parse(state.rawText);
+    const qParams = doc.qParams && typeof doc.qParams === "object" ? doc.qParams : {};
+    doc.qParams = { ...qParams, clerps: [...state.labels.entries()] };
+    return JSON.stringify(doc);
+  }
+
   function downloadGraph() {
     if (!state.rawText) return;
-    const url = URL.createObjectURL(new Blob([state.rawText], { type: "application/json" }));
+    const url = URL.createObjectURL(new Blob([documentText()], { type: "application/json" }));
     const link = document.createElement("a");
     link.href = url;
     link.download = state.fileName;
@@ -483,6 +495,8 @@
         pos,
         feature: featureIndexOf(raw, kind),
         rawFeature: typeof raw.feature === "number" ? raw.feature : null,
+        // The web app's feature id, the key of its label overrides (qParams.clerps).
+        webId: `${raw.layer}_${raw.feature}_${raw.ctx_idx}`,
         influence: numberOrNull(raw.influence),
         activation: numberOrNull(raw.activation),
         prob: numberOrNull(raw.token_prob),
@@ -586,6 +600,8 @@
   // ------------------------------------------------------------------ labels
   /** The short text that names a node in the graph, the neighbour lists and search results. */
   function nodeLabel(node) {
+    const edited = state.labels.get(node.webId);
+    if (edited) return edited;
     if (node.kind === "logit") return showToken(node.token);
     if (node.kind === "embedding") return showToken(state.graph.tokens[node.pos] ?? `#${node.pos}`);
     return node.clerp || node.id;
@@ -1036,6 +1052,8 @@
     performance.measure("npg:parse", { start: started, end: performance.now() });
     state.graph = graph;
     state.rawText = text;
+    state.labels = labelsFrom(doc);
+    state.labelsEdited = false;
     state.fileName = fileName;
     state.selected = -1;
     state.steerNode = -1;
@@ -1073,6 +1091,28 @@
     svg.dataset.rendered = String(Number(svg.dataset.rendered || 0) + 1);
   }
 
+  // qParams.clerps: [[featureId, label], ...]; malformed entries are ignored.
+  function labelsFrom(doc) {
+    const clerps = doc && doc.qParams && Array.isArray(doc.qParams.clerps) ? doc.qParams.clerps : [];
+    const labels = new Map();
+    for (const entry of clerps) {
+      if (Array.isArray(entry) && typeof entry[0] === "string" && typeof entry[1] === "string") labels.set(entry[0], entry[1]);
+    }
+    return labels;
+  }
+
+  function saveLabel(event) {
+    event.preventDefault();
+    if (state.selected < 0) return;
+    const node = state.graph.nodes[state.selected];
+    const text = $("sel-label").value.trim();
+    if (text) state.labels.set(node.webId, text);
+    else state.labels.delete(node.webId);
+    state.labelsEdited = true;
+    selectNode(state.selected); // the facts and lists show the new label
+    requestDraw(); // logit labels
+  }
+
   // ------------------------------------------------------------------ hover
   function describeNode(node) {
     const where = node.pos < state.graph.tokens.length ? ` ${JSON.stringify(state.graph.tokens[node.pos])}` : "";
@@ -1085,7 +1125,7 @@
       ["influence", node.influence === null ? "—" : `${fmt(node.influence)} (cumulative; lower = more influential)`],
     ];
     if (node.kind === "logit") facts.push(["probability", fmt(node.prob)]);
-    facts.push(["label", node.clerp || "—"]);
+    facts.push(["label", state.labels.get(node.webId) || node.clerp || "—"]);
     return facts;
   }
 
@@ -1221,6 +1261,7 @@
     $("selection-empty").hidden = true;
     $("selection").hidden = false;
     $("sel-title").textContent = node.id;
+    $("sel-label").value = state.labels.get(node.webId) || node.clerp || "";
     const facts = $("sel-facts");
     facts.replaceChildren();
     for (const [k, v] of describeNode(node)) {
@@ -1550,6 +1591,7 @@
       radio.addEventListener("change", () => state.graph && state.selected >= 0 && highlight());
     }
     $("search-form").addEventListener("submit", runSearch);
+    $("label-form").addEventListener("submit", saveLabel);
     const nodeLayer = $("node-layer");
     nodeLayer.addEventListener("mousemove", showTooltip);
     nodeLayer.addEventListener("mouseleave", () => {
