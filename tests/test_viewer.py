@@ -28,6 +28,7 @@ PARIS = "The city of Paris is in"
 ROME = "The city of Rome is in"
 SCREENSHOT_COPY = REPO / "build" / "viewer-screenshot.png"
 SMALL_SCREEN_SHOT = REPO / "build" / "viewer-27-tokens-1280x720.png"
+SUBGRAPH_SHOT = REPO / "build" / "viewer-subgraph.png"
 DEFAULT_VISIBLE_EDGES = 3000  # viewer.js: edges drawn before the slider is touched
 MAX_DRAWN_EDGES = 30000  # viewer.js: the drawing cap
 
@@ -550,6 +551,7 @@ def _no_stale_screenshot() -> Iterator[None]:
     """The copied screenshot is this run's: an old one must not pass for a new one."""
     SCREENSHOT_COPY.unlink(missing_ok=True)
     SMALL_SCREEN_SHOT.unlink(missing_ok=True)
+    SUBGRAPH_SHOT.unlink(missing_ok=True)
     yield
 
 
@@ -1175,4 +1177,121 @@ def test_labels_are_edited_saved_in_the_web_apps_qparams_and_restored(tab, tmp_p
     assert orjson.loads(again.read_bytes())["qParams"]["clerps"] == [
         [web_id(first), "capital cities"]
     ]
+    tab.assert_clean()
+
+
+# ----------------------------------------------------------------------------- pins and groups
+def linked_features(doc: dict[str, Any]) -> tuple[str, str, str]:
+    """Three features a, b, c with a link a→b and a link between c and one of a, b."""
+    features = {n["node_id"] for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder"}
+    links = [lk for lk in doc["links"] if lk["source"] in features and lk["target"] in features]
+    for first in links:
+        a, b = first["source"], first["target"]
+        for other in links:
+            ends = {other["source"], other["target"]}
+            if len(ends & {a, b}) == 1:
+                return a, b, (ends - {a, b}).pop()
+    raise AssertionError("no three linked features")
+
+
+def subgraph(page: Any) -> tuple[set[str], dict[tuple[str, str], float]]:
+    """The pane's items and its edges with their weights."""
+    next_frame(page)
+    items = set(page.eval_on_selector_all("#sg-svg .sg-node", "els => els.map(e => e.dataset.id)"))
+    edges = page.eval_on_selector_all(
+        "#sg-svg .sg-edge",
+        "els => els.map(e => [e.dataset.source, e.dataset.target, Number(e.dataset.weight)])",
+    )
+    return items, {(s, t): w for s, t, w in edges}
+
+
+def open_file(page: Any, path: Any) -> None:
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector(f"#status.ok:has-text('Opened {path.name}')")
+
+
+def test_pinned_nodes_and_supernodes_in_the_pane_survive_download_and_open(tab, tmp_path):
+    page = tab.page
+    doc = synthetic_graph_document(150, 900, n_layers=4, n_pos=8, seed=6)
+    a, b, c = linked_features(doc)
+    path = tmp_path / "pins.json"
+    path.write_bytes(orjson.dumps(doc))
+    open_file(page, path)
+    assert not page.is_visible("#subgraph")
+    for node_id in (a, b):
+        page.click(f"#node-layer .node[data-id='{node_id}']")
+        page.click("#pin-toggle")
+        assert page.inner_text("#pin-toggle") == "Unpin"
+    # Exactly the two pinned nodes and the links between them.
+    items, edges = subgraph(page)
+    assert items == {a, b}
+    between = {
+        (lk["source"], lk["target"]): lk["weight"]
+        for lk in doc["links"]
+        if {lk["source"], lk["target"]} <= {a, b}
+    }
+    assert between and edges.keys() == between.keys()
+    assert all(edges[k] == pytest.approx(w, rel=1e-6) for k, w in between.items())
+    # Group a and b into a supernode; c stays itself. The supernode's links are the sums.
+    page.click(f"#node-layer .node[data-id='{c}']")
+    page.click("#pin-toggle")
+    page.check(f"#sg-list input[value='{a}']")
+    page.check(f"#sg-list input[value='{b}']")
+    page.fill("#sg-name", "pair")
+    page.click("#sg-group")
+    items, edges = subgraph(page)
+    assert items == {"pair", c}
+    assert page.text_content("#sg-svg .sg-node.supernode[data-id='pair'] text") == "pair"
+    expected: dict[tuple[str, str], float] = {}
+    for lk in doc["links"]:
+        ends = [
+            "pair" if end in (a, b) else end if end == c else None
+            for end in (lk["source"], lk["target"])
+        ]
+        if None not in ends and ends[0] != ends[1]:
+            key = (ends[0], ends[1])
+            expected[key] = expected.get(key, 0.0) + lk["weight"]
+    assert expected and edges.keys() == expected.keys()
+    assert all(edges[k] == pytest.approx(w, rel=1e-5) for k, w in expected.items())
+    # Download carries the state in the web app's qParams; opening it restores it.
+    with page.expect_download() as info:
+        page.click("#download-json")
+    saved = tmp_path / "saved-pins.json"
+    info.value.save_as(str(saved))
+    q = orjson.loads(saved.read_bytes())["qParams"]
+    assert q["pinnedIds"] == [a, b, c]
+    assert q["supernodes"] == [["pair", a, b]]
+    assert q["clickedId"] == c and q["linkType"] == "both"
+    page.click("#sg-clear")
+    assert not page.is_visible("#subgraph")
+    open_file(page, saved)
+    assert subgraph(page)[0] == {"pair", c}
+    assert page.get_attribute("#node-layer .node.selected", "data-id") == c
+    page.screenshot(path=str(SUBGRAPH_SHOT))
+    tab.assert_clean()
+
+
+def test_a_web_app_qparams_file_opens_with_its_pins_supernodes_and_labels(tab, tmp_path):
+    """The state as the Neuronpedia web app stores it (graph-types.ts: CLTGraphQParams plus
+    clerps), written here from that format."""
+    page = tab.page
+    doc = synthetic_graph_document(150, 900, n_layers=4, n_pos=8, seed=7)
+    a, b, c = linked_features(doc)
+    node_c = next(n for n in doc["nodes"] if n["node_id"] == c)
+    doc["qParams"] = {
+        "linkType": "both",
+        "pinnedIds": [a, b, c, "99_1_1"],  # an id the graph lacks is dropped
+        "clickedId": b,
+        "supernodes": [["my group", a, b]],
+        "sg_pos": "",
+        "clerps": [[f"{node_c['layer']}_{node_c['feature']}_{node_c['ctx_idx']}", "label c"]],
+    }
+    path = tmp_path / "webapp.json"
+    path.write_bytes(orjson.dumps(doc))
+    open_file(page, path)
+    items, _ = subgraph(page)
+    assert items == {"my group", c}
+    assert page.text_content(f"#sg-svg .sg-node[data-id='{c}'] text") == "label c"
+    assert page.get_attribute("#node-layer .node.selected", "data-id") == b
+    assert page.inner_text("#pin-toggle") == "Unpin"
     tab.assert_clean()

@@ -72,7 +72,10 @@
     counted: { drawn: 0, visible: 0 }, // what the last edge drawing let through
     known: null,
     labels: new Map(), // web-app feature id -> label typed here or read from qParams.clerps
-    labelsEdited: false, // the small vocabulary as a Set
+    labelsEdited: false,
+    pins: [], // pinned node ids, in pinning order
+    supernodes: [], // [name, node id, ...]
+    stateEdited: false, // the small vocabulary as a Set
   };
 
   // ------------------------------------------------------------------ small helpers
@@ -375,13 +378,19 @@
     }
   }
 
-  // The document to save: as received, unless labels were edited; then the same document with
-  // its qParams.clerps replaced (the web app's format, so Neuronpedia reads them too).
+  // The document to save: as received, unless labels, pins or supernodes were edited; then the
+  // same document with those qParams replaced (the web app's format, so Neuronpedia reads them).
   function documentText() {
-    if (!state.labelsEdited) return state.rawText;
+    if (!state.labelsEdited && !state.stateEdited) return state.rawText;
     const doc = JSON.parse(state.rawText);
     const qParams = doc.qParams && typeof doc.qParams === "object" ? doc.qParams : {};
-    doc.qParams = { ...qParams, clerps: [...state.labels.entries()] };
+    doc.qParams = {
+      ...qParams,
+      pinnedIds: state.pins.slice(),
+      supernodes: state.supernodes.map((group) => group.slice()),
+      clickedId: state.selected >= 0 ? state.graph.nodes[state.selected].id : "",
+      clerps: [...state.labels.entries()],
+    };
     return JSON.stringify(doc);
   }
 
@@ -1084,8 +1093,13 @@
     if (top) title.innerHTML += ` <span id="top-logit" class="muted">· top logit <b>${esc(JSON.stringify(top.token))}</b> p=${esc(fmt(top.prob))}</span>`;
     title.title = title.textContent;
     $("download-json").disabled = false;
+    const clicked = stateFrom(doc);
+    state.stateEdited = false;
+    $("subgraph").hidden = state.pins.length === 0;
     render();
     applyNodeFilter();
+    drawSubgraph();
+    if (clicked >= 0) selectNode(clicked);
     measureToFrame("npg:render", started);
     const svg = $("graph");
     svg.dataset.rendered = String(Number(svg.dataset.rendered || 0) + 1);
@@ -1111,6 +1125,7 @@
     state.labelsEdited = true;
     selectNode(state.selected); // the facts and lists show the new label
     requestDraw(); // logit labels
+    if (state.pins.length) drawSubgraph();
   }
 
   // ------------------------------------------------------------------ hover
@@ -1292,7 +1307,182 @@
     strongest(graph.inStart, graph.inEdges, graph.src, $("sel-inputs"));
     strongest(graph.outStart, graph.outEdges, graph.dst, $("sel-outputs"));
     showSteerPanel(i);
+    updatePinButton();
     measureToFrame("npg:select", started);
+  }
+
+  // ------------------------------------------------------------------ pinned subgraph
+  // Pins and supernodes are kept as the web app keeps them in qParams: pinnedIds (node ids)
+  // and supernodes ([name, node id, ...] lists). The pane draws each supernode as one node and
+  // every other pinned node as itself, with only the links among them (a supernode's summed).
+  function stateFrom(doc) {
+    const q = doc && doc.qParams && typeof doc.qParams === "object" ? doc.qParams : {};
+    const index = state.graph.index;
+    const pins = [];
+    for (const id of Array.isArray(q.pinnedIds) ? q.pinnedIds : []) {
+      if (typeof id === "string" && index.has(id) && !pins.includes(id)) pins.push(id);
+    }
+    const supernodes = [];
+    for (const group of Array.isArray(q.supernodes) ? q.supernodes : []) {
+      if (!Array.isArray(group) || typeof group[0] !== "string") continue;
+      const members = group.slice(1).filter((id) => typeof id === "string" && index.has(id));
+      if (!members.length) continue;
+      for (const id of members) if (!pins.includes(id)) pins.push(id);
+      supernodes.push([group[0], ...members]);
+    }
+    state.pins = pins;
+    state.supernodes = supernodes;
+    return typeof q.clickedId === "string" && index.has(q.clickedId) ? index.get(q.clickedId) : -1;
+  }
+
+  function stateEdited() {
+    state.stateEdited = true;
+  }
+
+  function togglePin() {
+    if (state.selected < 0) return;
+    const id = state.graph.nodes[state.selected].id;
+    if (state.pins.includes(id)) {
+      state.pins = state.pins.filter((p) => p !== id);
+      state.supernodes = state.supernodes
+        .map((group) => group.filter((member, j) => j === 0 || member !== id))
+        .filter((group) => group.length > 1);
+    } else {
+      state.pins.push(id);
+    }
+    stateEdited();
+    updatePinButton();
+    drawSubgraph();
+  }
+
+  function updatePinButton() {
+    const button = $("pin-toggle");
+    const pinned = state.selected >= 0 && state.pins.includes(state.graph.nodes[state.selected].id);
+    button.textContent = pinned ? "Unpin" : "Pin";
+    button.dataset.pinned = String(pinned);
+  }
+
+  function groupChecked() {
+    const checked = [...document.querySelectorAll("#sg-list input:checked")].map((box) => box.value);
+    const name = $("sg-name").value.trim() || `group ${state.supernodes.length + 1}`;
+    if (checked.length < 2) return;
+    // A node belongs to one supernode: grouping moves it out of any other.
+    state.supernodes = state.supernodes
+      .map((group) => group.filter((member, j) => j === 0 || !checked.includes(member)))
+      .filter((group) => group.length > 1);
+    state.supernodes.push([name, ...checked]);
+    $("sg-name").value = "";
+    stateEdited();
+    drawSubgraph();
+  }
+
+  function ungroup(name) {
+    state.supernodes = state.supernodes.filter((group) => group[0] !== name);
+    stateEdited();
+    drawSubgraph();
+  }
+
+  function subgraphItems() {
+    const graph = state.graph;
+    const items = [];
+    const itemOf = new Map();
+    for (const group of state.supernodes) {
+      const members = group.slice(1).map((id) => graph.index.get(id));
+      itemOf.set(group[0], items.length);
+      for (const i of members) itemOf.set(graph.nodes[i].id, items.length);
+      items.push({ id: group[0], name: group[0], members, supernode: true });
+    }
+    for (const id of state.pins) {
+      if (itemOf.has(id)) continue;
+      const i = graph.index.get(id);
+      itemOf.set(id, items.length);
+      items.push({ id, name: nodeLabel(graph.nodes[i]), members: [i], supernode: false });
+    }
+    for (const item of items) {
+      item.row = item.members.reduce((a, i) => a + graph.nodes[i].row, 0) / item.members.length;
+      item.pos = item.members.reduce((a, i) => a + graph.nodes[i].pos, 0) / item.members.length;
+    }
+    return { items, itemOf };
+  }
+
+  function drawSubgraph() {
+    const pane = $("subgraph");
+    const graph = state.graph;
+    const wasHidden = pane.hidden;
+    pane.hidden = !graph || state.pins.length === 0;
+    if (wasHidden !== pane.hidden && graph) render(); // the main view changed size
+    if (pane.hidden) return;
+    const { items, itemOf } = subgraphItems();
+    // The list: each pinned node (checkbox to group it) and each supernode (to ungroup it).
+    const list = $("sg-list");
+    list.replaceChildren();
+    for (const group of state.supernodes) {
+      const li = document.createElement("li");
+      li.className = "super";
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "small";
+      button.textContent = "ungroup";
+      button.addEventListener("click", () => ungroup(group[0]));
+      li.append(`${group[0]} (${group.length - 1}) `, button);
+      list.appendChild(li);
+    }
+    for (const id of state.pins) {
+      const li = document.createElement("li");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.value = id;
+      box.setAttribute("aria-label", `check ${id}`);
+      li.append(box, ` ${id} ${JSON.stringify(nodeLabel(graph.nodes[graph.index.get(id)]))}`);
+      list.appendChild(li);
+    }
+    $("sg-count").textContent = `${state.pins.length} pinned · ${state.supernodes.length} supernodes`;
+    // Links among the items: a supernode's are the sums over its members.
+    const sums = new Map();
+    for (const id of state.pins) {
+      const i = graph.index.get(id);
+      for (let j = graph.outStart[i]; j < graph.outStart[i + 1]; j++) {
+        const e = graph.outEdges[j];
+        const target = graph.nodes[graph.dst[e]].id;
+        if (!itemOf.has(target)) continue;
+        const a = itemOf.get(id);
+        const b = itemOf.get(target);
+        if (a === b) continue;
+        const key = `${a} ${b}`;
+        sums.set(key, (sums.get(key) || 0) + graph.weight[e]);
+      }
+    }
+    // Layout: columns by position, rows by layer (logits on top), among the items only.
+    const svg = $("sg-svg");
+    const w = Math.max(200, svg.clientWidth);
+    const h = Math.max(120, svg.clientHeight);
+    const xs = [...new Set(items.map((it) => it.pos))].sort((a, b) => a - b);
+    const ys = [...new Set(items.map((it) => it.row))].sort((a, b) => b - a);
+    const taken = new Map();
+    const pad = 36;
+    for (const item of items) {
+      const cell = `${item.pos} ${item.row}`;
+      const k = taken.get(cell) || 0;
+      taken.set(cell, k + 1);
+      item.x = pad + ((xs.indexOf(item.pos) + 0.5) / xs.length) * (w - 2 * pad) + k * 26;
+      item.y = 18 + ((ys.indexOf(item.row) + 0.5) / ys.length) * (h - 30);
+    }
+    const maxAbs = Math.max(1e-9, ...[...sums.values()].map(Math.abs));
+    const parts = [];
+    for (const [key, weight] of sums) {
+      const [a, b] = key.split(" ").map(Number);
+      const s = items[a];
+      const t = items[b];
+      const width = 0.8 + 5 * Math.sqrt(Math.abs(weight) / maxAbs);
+      parts.push(`<path class="sg-edge ${weight < 0 ? "neg" : "pos"}" data-source="${esc(s.id)}" data-target="${esc(t.id)}" data-weight="${weight}" stroke-width="${width.toFixed(1)}" d="${edgePath(s.x, s.y, t.x, t.y)}"/>`);
+    }
+    for (const item of items) {
+      const kind = item.supernode ? "supernode" : graph.nodes[item.members[0]].kind;
+      const r = item.supernode ? 11 : 7;
+      const name = item.name.length > 22 ? `${item.name.slice(0, 21)}…` : item.name;
+      parts.push(`<g class="sg-node ${kind}" data-id="${esc(item.id)}" data-members="${item.members.length}"><circle cx="${item.x.toFixed(1)}" cy="${item.y.toFixed(1)}" r="${r}"/><text x="${(item.x + r + 3).toFixed(1)}" y="${(item.y + 4).toFixed(1)}">${esc(name)}</text></g>`);
+    }
+    svg.innerHTML = parts.join("");
   }
 
   // ------------------------------------------------------------------ search
@@ -1592,6 +1782,15 @@
     }
     $("search-form").addEventListener("submit", runSearch);
     $("label-form").addEventListener("submit", saveLabel);
+    $("pin-toggle").addEventListener("click", togglePin);
+    $("sg-group").addEventListener("click", groupChecked);
+    $("sg-clear").addEventListener("click", () => {
+      state.pins = [];
+      state.supernodes = [];
+      stateEdited();
+      updatePinButton();
+      drawSubgraph();
+    });
     const nodeLayer = $("node-layer");
     nodeLayer.addEventListener("mousemove", showTooltip);
     nodeLayer.addEventListener("mouseleave", () => {
