@@ -1295,3 +1295,79 @@ def test_a_web_app_qparams_file_opens_with_its_pins_supernodes_and_labels(tab, t
     assert page.get_attribute("#node-layer .node.selected", "data-id") == b
     assert page.inner_text("#pin-toggle") == "Unpin"
     tab.assert_clean()
+
+
+def test_steering_the_pinned_features_at_once(paris):
+    page = paris.tab.page
+    doc = paris.doc
+    france = france_feature(doc)
+    # A second feature: the strongest other feature feeding the France feature.
+    features = {n["node_id"] for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder"}
+    other = max(
+        (lk for lk in doc["links"] if lk["target"] == france and lk["source"] in features),
+        key=lambda lk: abs(lk["weight"]),
+    )["source"]
+    for node_id in (france, other):
+        page.click(f"#node-layer .node[data-id='{node_id}']")
+        page.click("#pin-toggle")
+    page.keyboard.press("Escape")
+    assert page.is_visible("#pin-steer")
+    rows = page.eval_on_selector_all("#pin-steer-rows tr", "els => els.map(e => e.dataset.id)")
+    assert rows == [france, other]
+    assert page.input_value("#pin-steer-prompt") == PARIS
+    # Positions are picked from the prompt's tokens.
+    tokens = doc["metadata"]["prompt_tokens"]
+    options = page.eval_on_selector_all(
+        f"#pin-steer-rows tr[data-id='{other}'] .pin-where option",
+        "els => els.map(e => e.textContent)",
+    )
+    assert options == [f"{pos} {json.dumps(token)}" for pos, token in enumerate(tokens)] + [
+        "every generated token"
+    ]
+    france_row = f"#pin-steer-rows tr[data-id='{france}']"
+    other_row = f"#pin-steer-rows tr[data-id='{other}']"
+    page.fill(f"{france_row} .pin-delta", "20")
+    page.select_option(f"{france_row} .pin-where", "generated")
+    page.select_option(f"{other_row} .pin-kind", "ablate")
+    other_pos = int(other.split("_")[2])
+    page.select_option(f"{other_row} .pin-where", str(other_pos))
+    page.fill("#pin-seed", "3")
+    page.check("#pin-freeze")
+    with page.expect_response(lambda r: r.url.endswith("/steer")) as info:
+        page.click("#pin-steer-run")
+    page.wait_for_selector("#pin-steer-status.ok, #pin-steer-status.error")
+    response = info.value
+    assert response.status == 200, page.inner_text("#pin-steer-status")
+    sent = response.request.post_data_json
+    fl, fi, fp = (int(v) for v in france.split("_"))
+    ol, oi, op = (int(v) for v in other.split("_"))
+    assert sent["features"] == [
+        {
+            "layer": fl,
+            "index": fi,
+            "token_active_position": fp,
+            "delta": 20,
+            "steer_generated_tokens": True,
+        },
+        {
+            "layer": ol,
+            "index": oi,
+            "token_active_position": op,
+            "ablate": True,
+            "steer_position": op,
+        },
+    ]
+    assert (sent["seed"], sent["temperature"], sent["freq_penalty"], sent["freeze_attention"]) == (
+        3,
+        0,
+        0,
+        True,
+    )
+    reply = orjson.loads(response.body())
+    assert reply["STEERED_GENERATION"] != reply["DEFAULT_GENERATION"]
+    assert page.get_attribute("#pin-steer-steered .generation", "data-continuation") == reply[
+        "STEERED_GENERATION"
+    ].removeprefix(PARIS)
+    assert "2 features steered" in page.inner_text("#pin-steer-status")
+    page.click("#sg-clear")
+    assert not page.is_visible("#pin-steer") and not page.is_visible("#subgraph")

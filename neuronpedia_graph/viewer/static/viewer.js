@@ -1069,6 +1069,10 @@
     state.shown = new Uint8Array(graph.nodes.length).fill(1);
     state.search = null;
     $("steer-prompt").value = "";
+    $("pin-steer-prompt").value = "";
+    $("pin-steer-rows").replaceChildren();
+    $("pin-steer-result").hidden = true;
+    setStatus($("pin-steer-status"), "", "");
     clearSelection();
     const slider = $("edge-slider");
     slider.disabled = false;
@@ -1411,6 +1415,7 @@
     const wasHidden = pane.hidden;
     pane.hidden = !graph || state.pins.length === 0;
     if (wasHidden !== pane.hidden && graph) render(); // the main view changed size
+    drawPinSteer();
     if (pane.hidden) return;
     const { items, itemOf } = subgraphItems();
     // The list: each pinned node (checkbox to group it) and each supernode (to ungroup it).
@@ -1646,6 +1651,108 @@
     setStatus(status, "ok", `Done in ${((performance.now() - started) / 1000).toFixed(2)} s.`);
   }
 
+  // ------------------------------------------------------------------ steering the pinned set
+  // Every pinned transcoder feature at once, each with its own delta or ablation and its own
+  // position, picked from the graph's prompt tokens (or every generated token).
+  function pinnedFeatures() {
+    const graph = state.graph;
+    return state.pins
+      .map((id) => graph.index.get(id))
+      .filter((i) => {
+        const node = graph.nodes[i];
+        return node.type === "cross layer transcoder" && node.layerNum !== null && node.feature !== null;
+      });
+  }
+
+  function drawPinSteer() {
+    const section = $("pin-steer");
+    const features = state.graph ? pinnedFeatures() : [];
+    section.hidden = features.length === 0;
+    if (section.hidden) return;
+    const graph = state.graph;
+    const prompt = $("pin-steer-prompt");
+    if (!prompt.value && typeof graph.metadata.prompt === "string") {
+      const bos = (graph.metadata.prompt_tokens || [])[0];
+      const text = graph.metadata.prompt;
+      prompt.value = bos && text.startsWith(bos) ? text.slice(bos.length) : text;
+    }
+    const table = $("pin-steer-rows");
+    const previous = new Map([...table.querySelectorAll("tr")].map((row) => [row.dataset.id, row]));
+    const rows = features.map((i) => {
+      const node = graph.nodes[i];
+      if (previous.has(node.id)) return previous.get(node.id); // keeps what was chosen
+      const row = document.createElement("tr");
+      row.dataset.id = node.id;
+      const where = graph.tokens
+        .map((token, pos) => `<option value="${pos}"${pos === node.pos ? " selected" : ""}>${pos} ${esc(JSON.stringify(token))}</option>`)
+        .join("");
+      row.innerHTML =
+        `<td class="id">${esc(node.id)}</td>` +
+        '<td><select class="pin-kind" aria-label="intervention"><option value="delta">delta</option><option value="ablate">ablate</option></select> ' +
+        '<input type="number" class="pin-delta" value="10" step="any" aria-label="delta"></td>' +
+        `<td><select class="pin-where" aria-label="where">${where}<option value="generated">every generated token</option></select></td>`;
+      row.querySelector(".pin-kind").addEventListener("change", (event) => {
+        row.querySelector(".pin-delta").disabled = event.target.value === "ablate";
+      });
+      return row;
+    });
+    table.replaceChildren(...rows);
+  }
+
+  function pinSteerRequest() {
+    const graph = state.graph;
+    const prompt = $("pin-steer-prompt").value;
+    if (!prompt.trim()) throw new Error("Type a prompt to steer.");
+    const features = [...$("pin-steer-rows").querySelectorAll("tr")].map((row) => {
+      const node = graph.nodes[graph.index.get(row.dataset.id)];
+      const feature = { layer: node.layerNum, index: node.feature, token_active_position: node.pos };
+      if (row.querySelector(".pin-kind").value === "ablate") feature.ablate = true;
+      else {
+        feature.delta = row.querySelector(".pin-delta").valueAsNumber;
+        if (!Number.isFinite(feature.delta)) throw new Error(`${node.id}: delta must be a number.`);
+      }
+      const where = row.querySelector(".pin-where").value;
+      if (where === "generated") feature.steer_generated_tokens = true;
+      else feature.steer_position = Number(where);
+      return feature;
+    });
+    const number = (id, name) => {
+      const value = $(id).valueAsNumber;
+      if (!Number.isFinite(value)) throw new Error(`${name} must be a number.`);
+      return value;
+    };
+    const request = {
+      model_id: state.health ? state.health.model_id : graph.metadata.scan || "demo",
+      prompt,
+      features,
+      n_tokens: number("pin-tokens", "Tokens to generate"),
+      top_k: 5,
+      temperature: number("pin-temperature", "Temperature"),
+      freq_penalty: number("pin-freq-penalty", "Frequency penalty"),
+      freeze_attention: $("pin-freeze").checked,
+    };
+    if ($("pin-seed").value.trim() !== "") request.seed = number("pin-seed", "Seed");
+    return request;
+  }
+
+  async function pinSteer(event) {
+    event.preventDefault();
+    const status = $("pin-steer-status");
+    $("pin-steer-result").hidden = true;
+    const sent = await submit(status, "pin-steer-run", "Steering", "/steer", pinSteerRequest);
+    if (!sent) return;
+    const { request, result, started } = sent;
+    if (!result.ok) {
+      setStatus(status, "error", result.message);
+      return;
+    }
+    const body = result.body;
+    fillSteerColumn($("pin-steer-default"), body.DEFAULT_GENERATION, request.prompt, body.DEFAULT_LOGITS_BY_TOKEN || []);
+    fillSteerColumn($("pin-steer-steered"), body.STEERED_GENERATION, request.prompt, body.STEERED_LOGITS_BY_TOKEN || []);
+    $("pin-steer-result").hidden = false;
+    setStatus(status, "ok", `Done in ${((performance.now() - started) / 1000).toFixed(2)} s: ${request.features.length} features steered.`);
+  }
+
   // ------------------------------------------------------------------ zoom, pan, resize
   function wireViewControls() {
     const view = $("graph-view");
@@ -1783,6 +1890,7 @@
     $("search-form").addEventListener("submit", runSearch);
     $("label-form").addEventListener("submit", saveLabel);
     $("pin-toggle").addEventListener("click", togglePin);
+    $("pin-steer-form").addEventListener("submit", pinSteer);
     $("sg-group").addEventListener("click", groupChecked);
     $("sg-clear").addEventListener("click", () => {
       state.pins = [];
