@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import pytest
@@ -1371,3 +1372,37 @@ def test_steering_the_pinned_features_at_once(paris):
     assert "2 features steered" in page.inner_text("#pin-steer-status")
     page.click("#sg-clear")
     assert not page.is_visible("#pin-steer") and not page.is_visible("#subgraph")
+
+
+def test_a_reload_keeps_the_graph_and_its_state_from_the_link(tab, tmp_path):
+    page = tab.page
+    doc = synthetic_graph_document(150, 900, n_layers=4, n_pos=8, seed=8)
+    a, b, c = linked_features(doc)
+    path = tmp_path / "reload.json"
+    path.write_bytes(orjson.dumps(doc))
+    open_file(page, path)
+    for node_id in (a, b, c):
+        page.click(f"#node-layer .node[data-id='{node_id}']")
+        page.click("#pin-toggle")
+    page.check(f"#sg-list input[value='{a}']")
+    page.check(f"#sg-list input[value='{b}']")
+    page.fill("#sg-name", "pair")
+    page.click("#sg-group")
+    page.click(f"#node-layer .node[data-id='{c}']")
+    page.fill("#sel-label", "kept label")
+    page.press("#sel-label", "Enter")
+    # The link holds the state in the web app's query-parameter form.
+    fragment = page.evaluate("() => location.hash.slice(1)")
+    params = dict(parse_qsl(fragment))
+    assert params["slug"] == doc["metadata"]["slug"]
+    assert params["pinnedIds"] == f"{a},{b},{c}"
+    assert json.loads(params["supernodes"]) == [["pair", a, b]]
+    assert params["clickedId"] == c
+    assert json.loads(params["clerps"])[0][1] == "kept label"
+    page.reload()
+    page.wait_for_selector("#status.ok:has-text('as the link left it')")
+    assert page.locator("#node-layer .node").count() == len(doc["nodes"])
+    assert subgraph(page)[0] == {"pair", c}
+    assert page.get_attribute("#node-layer .node.selected", "data-id") == c
+    assert page.input_value("#sel-label") == "kept label"
+    tab.assert_clean()

@@ -1097,6 +1097,7 @@
     if (top) title.innerHTML += ` <span id="top-logit" class="muted">· top logit <b>${esc(JSON.stringify(top.token))}</b> p=${esc(fmt(top.prob))}</span>`;
     title.title = title.textContent;
     $("download-json").disabled = false;
+    storeGraph(text, fileName);
     const clicked = stateFrom(doc);
     state.stateEdited = false;
     $("subgraph").hidden = state.pins.length === 0;
@@ -1130,6 +1131,7 @@
     selectNode(state.selected); // the facts and lists show the new label
     requestDraw(); // logit labels
     if (state.pins.length) drawSubgraph();
+    writeFragment();
   }
 
   // ------------------------------------------------------------------ hover
@@ -1188,7 +1190,10 @@
     $("selection").hidden = true;
     $("selection-empty").hidden = false;
     $("steer-panel").hidden = true;
-    if (wasSelected && state.graph) updateEdgeCount();
+    if (wasSelected && state.graph) {
+      updateEdgeCount();
+      writeFragment();
+    }
   }
 
   function neighbourItem(other, w) {
@@ -1312,6 +1317,7 @@
     strongest(graph.outStart, graph.outEdges, graph.dst, $("sel-outputs"));
     showSteerPanel(i);
     updatePinButton();
+    writeFragment();
     measureToFrame("npg:select", started);
   }
 
@@ -1416,6 +1422,7 @@
     pane.hidden = !graph || state.pins.length === 0;
     if (wasHidden !== pane.hidden && graph) render(); // the main view changed size
     drawPinSteer();
+    writeFragment();
     if (pane.hidden) return;
     const { items, itemOf } = subgraphItems();
     // The list: each pinned node (checkbox to group it) and each supernode (to ungroup it).
@@ -1753,6 +1760,98 @@
     setStatus(status, "ok", `Done in ${((performance.now() - started) / 1000).toFixed(2)} s: ${request.features.length} features steered.`);
   }
 
+  // ------------------------------------------------------------------ the state in the link
+  // The URL fragment holds the view state in the web app's query-parameter form (slug,
+  // pinnedIds comma-separated, supernodes and clerps as JSON, clickedId), and the last graph is
+  // kept in this browser's IndexedDB, so a reload shows the same graph in the same state.
+  const STORE = { db: "npg-viewer", store: "graphs", key: "last" };
+
+  function writeFragment() {
+    if (!state.graph) return;
+    const params = new URLSearchParams();
+    params.set("slug", String(state.graph.metadata.slug || state.fileName));
+    if (state.pins.length) params.set("pinnedIds", state.pins.join(","));
+    if (state.supernodes.length) params.set("supernodes", JSON.stringify(state.supernodes));
+    if (state.labels.size) params.set("clerps", JSON.stringify([...state.labels.entries()]));
+    if (state.selected >= 0) params.set("clickedId", state.graph.nodes[state.selected].id);
+    history.replaceState(null, "", `${location.pathname}${location.search}#${params}`);
+  }
+
+  function openStore() {
+    return new Promise((resolve, reject) => {
+      const request = indexedDB.open(STORE.db, 1);
+      request.onupgradeneeded = () => request.result.createObjectStore(STORE.store);
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => reject(request.error);
+    });
+  }
+
+  async function storeGraph(text, fileName) {
+    try {
+      const db = await openStore();
+      const tx = db.transaction(STORE.store, "readwrite");
+      tx.objectStore(STORE.store).put({ text, fileName }, STORE.key);
+      tx.oncomplete = () => db.close();
+    } catch {
+      // No storage (private mode, quota): a reload then starts empty, nothing else changes.
+    }
+  }
+
+  async function storedGraph() {
+    try {
+      const db = await openStore();
+      return await new Promise((resolve) => {
+        const get = db.transaction(STORE.store).objectStore(STORE.store).get(STORE.key);
+        get.onsuccess = () => resolve(get.result || null);
+        get.onerror = () => resolve(null);
+      });
+    } catch {
+      return null;
+    }
+  }
+
+  function jsonParam(params, name) {
+    try {
+      return JSON.parse(params.get(name) || "[]");
+    } catch {
+      return [];
+    }
+  }
+
+  async function restoreFromFragment() {
+    if (location.hash.length < 2) return;
+    const params = new URLSearchParams(location.hash.slice(1));
+    const slug = params.get("slug");
+    const stored = await storedGraph();
+    const status = $("status");
+    let doc = null;
+    try {
+      doc = stored ? JSON.parse(stored.text) : null;
+    } catch {
+      doc = null;
+    }
+    if (!doc || !doc.metadata || doc.metadata.slug !== slug) {
+      setStatus(status, "error", `The link holds the view of graph “${slug}”, which this browser no longer has: generate or open it.`);
+      return;
+    }
+    showGraph(doc, stored.text, stored.fileName);
+    const qParams = {
+      pinnedIds: (params.get("pinnedIds") || "").split(",").filter((id) => id),
+      supernodes: jsonParam(params, "supernodes"),
+      clickedId: params.get("clickedId") || "",
+      clerps: jsonParam(params, "clerps"),
+    };
+    state.labels = labelsFrom({ qParams });
+    const clicked = stateFrom({ qParams });
+    state.labelsEdited = true;
+    state.stateEdited = true;
+    drawSubgraph();
+    if (clicked >= 0) selectNode(clicked);
+    else clearSelection();
+    requestDraw();
+    setStatus(status, "ok", `Restored ${stored.fileName} (${state.graph.nodes.length} nodes) as the link left it.`);
+  }
+
   // ------------------------------------------------------------------ zoom, pan, resize
   function wireViewControls() {
     const view = $("graph-view");
@@ -1910,6 +2009,7 @@
     });
     $("prompt").addEventListener("input", updateVocabNotice);
     loadHealth();
+    restoreFromFragment();
   }
 
   init();
