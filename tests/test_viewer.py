@@ -1295,6 +1295,17 @@ def test_a_web_app_qparams_file_opens_with_its_pins_supernodes_and_labels(tab, t
     assert page.text_content(f"#sg-svg .sg-node[data-id='{c}'] text") == "label c"
     assert page.get_attribute("#node-layer .node.selected", "data-id") == b
     assert page.inner_text("#pin-toggle") == "Unpin"
+    assert page.is_checked("input[name='link-dir'][value='both']")
+    # linkType "input" shows the selected node's inputs only.
+    doc["qParams"]["linkType"] = "input"
+    path.write_bytes(orjson.dumps(doc))
+    open_file(page, path)
+    assert page.is_checked("input[name='link-dir'][value='in']")
+    highlighted = page.eval_on_selector_all(
+        "#highlight-layer .hl-edge", "els => els.map(e => e.dataset.target)"
+    )
+    assert highlighted and set(highlighted) == {b}
+    page.check("input[name='link-dir'][value='both']")
     tab.assert_clean()
 
 

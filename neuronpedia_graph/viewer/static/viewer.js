@@ -1342,6 +1342,10 @@
     }
     state.pins = pins;
     state.supernodes = supernodes;
+    // The web app's linkType: "input", "output", "either", or "both" (its links among pinned
+    // nodes, which the pane shows here); the radio follows it, the file's value is kept.
+    const direction = { input: "in", output: "out", either: "both", both: "both" }[q.linkType];
+    if (direction) document.querySelector(`input[name="link-dir"][value="${direction}"]`).checked = true;
     return typeof q.clickedId === "string" && index.has(q.clickedId) ? index.get(q.clickedId) : -1;
   }
 
