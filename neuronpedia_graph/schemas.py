@@ -483,6 +483,14 @@ class BusyResponse(BaseModel):
     busy: bool
 
 
+class SmallVocabulary(BaseModel):
+    """A model's whole vocabulary, offered only when it is small (the demo model's), so that a
+    client can say which words a prompt may use before anything is sent."""
+
+    words: list[str] = Field(description="Every ordinary token, in id order (specials left out)")
+    unk_token: str | None = Field(description="What an unknown word becomes, e.g. <unk>")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
     model_id: str
@@ -499,6 +507,7 @@ class HealthResponse(BaseModel):
     token_limit: int
     forward_pass_token_limit: int
     max_feature_nodes: int
+    vocabulary: SmallVocabulary | None = None  # null for real models' large vocabularies
     # GraphRequest's numeric defaults, so clients (the viewer) prefill forms without copying them.
     defaults: dict[str, Any] = Field(
         default_factory=lambda: {

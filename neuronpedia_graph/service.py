@@ -11,6 +11,7 @@ can start while this one is still travelling to S3.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -44,6 +45,7 @@ from neuronpedia_graph.schemas import (
     ParsedChatPrompt,
     RequestContext,
     SalientLogit,
+    SmallVocabulary,
     SteerRequest,
     SteerResponse,
     UploadResponse,
@@ -54,6 +56,10 @@ from neuronpedia_graph.settings import Settings
 from neuronpedia_graph.steering import steer
 from neuronpedia_graph.targets import library_targets
 from neuronpedia_graph.upload.queue import Ticket, UploadQueue
+
+# A vocabulary this small (the demo model's ~250 words) is sent with /health for the viewer's
+# unknown-word notice; a real model's (256k tokens) is not.
+SMALL_VOCABULARY = 1000
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +261,20 @@ class GraphService:
             token_limit=self.settings.token_limit,
             forward_pass_token_limit=self.settings.forward_pass_token_limit,
             max_feature_nodes=self.settings.max_feature_nodes,
+            vocabulary=self.small_vocabulary,
         )
+
+    @functools.cached_property
+    def small_vocabulary(self) -> SmallVocabulary | None:
+        """The vocabulary when it has at most SMALL_VOCABULARY tokens (built once: /health is
+        polled); real models' vocabularies are far larger and are not sent."""
+        tokenizer = self.loaded.tokenizer
+        if len(tokenizer) > SMALL_VOCABULARY:
+            return None
+        specials = set(tokenizer.all_special_tokens)
+        vocab = tokenizer.get_vocab()
+        words = [w for w, _ in sorted(vocab.items(), key=lambda item: item[1]) if w not in specials]
+        return SmallVocabulary(words=words, unk_token=tokenizer.unk_token)
 
     def decode_each(self, ids: list[int]) -> list[str]:
         return [self.loaded.tokenizer.decode([i]) for i in ids]
