@@ -72,7 +72,7 @@ def serve_gunicorn(
     """
     from gunicorn.app.base import BaseApplication
 
-    from neuronpedia_graph.api import MAX_BODY_BYTES
+    from neuronpedia_graph.limits import MAX_BODY_BYTES
     from neuronpedia_graph.models.spec import ModelLoadError
     from neuronpedia_graph.serving.access_log import RedactingLogger
     from neuronpedia_graph.serving.boot_guard import BootGuard

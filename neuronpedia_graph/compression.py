@@ -34,9 +34,11 @@ def gzip_compress(data: bytes | bytearray | memoryview, level: int = 3) -> bytes
         raise ValueError("level must be between 1 and 9")
     view = memoryview(data).cast("B")
     if view.nbytes < _THREADED_FROM_BYTES:
-        return gzip_ng.compress(view, compresslevel=level, mtime=0)
+        return bytes(gzip_ng.compress(view, compresslevel=level, mtime=0))  # type: ignore[no-untyped-call]
     out = io.BytesIO()
-    with gzip_ng_threaded.open(out, "wb", compresslevel=level, threads=_threads()) as writer:
+    with gzip_ng_threaded.open(  # type: ignore[no-untyped-call]
+        out, "wb", compresslevel=level, threads=_threads()
+    ) as writer:
         writer.write(view)
     return out.getvalue()
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from neuronpedia_graph.limits import RETRY_AFTER_SECONDS
+
 
 class ServiceError(Exception):
     status: int = 500
@@ -37,7 +39,7 @@ class GraphTooLarge(ServiceError):
 
 class ServerBusy(ServiceError):
     status = 503
-    retry_after_seconds = 5
+    retry_after_seconds = RETRY_AFTER_SECONDS
 
     def __init__(self) -> None:
         super().__init__("Server busy, please try again later.")

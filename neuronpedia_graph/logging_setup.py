@@ -35,7 +35,7 @@ class SafeLogFilter(logging.Filter):
         if not getattr(record, "_npg_safe", False):
             record.msg = safe_text(record.getMessage())
             record.args = None
-            record._npg_safe = True  # type: ignore[attr-defined]
+            record._npg_safe = True
         return True
 
 

@@ -356,7 +356,9 @@ def _row_sums(
     drop = None if keep is None else ~keep
     layered = levels is not None
     for level, group in groups:
-        at_or_above = None if level is None else (levels >= level).to(adjacency.dtype)
+        at_or_above = (
+            None if level is None or levels is None else (levels >= level).to(adjacency.dtype)
+        )
         for chunk in torch.split(group, step):
             block = buffer[: chunk.numel() * n].view(chunk.numel(), n)
             torch.index_select(adjacency, 0, chunk, out=block)

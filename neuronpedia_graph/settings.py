@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, Field, JsonValue, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -51,7 +51,7 @@ def _setting(
 ) -> Any:
     """A settings field; ``cli=False`` keeps secrets off the command line (and shell history),
     ``flag`` names a command-line option that is not ``--field-name``."""
-    extra = {"cli": cli, "flag": flag}
+    extra: dict[str, JsonValue] = {"cli": cli, "flag": flag}
     return Field(default, description=help, json_schema_extra=extra, **constraints)
 
 
@@ -231,14 +231,20 @@ def _cli_fields() -> dict[str, FieldInfo]:
     return {
         name: info
         for name, info in Settings.model_fields.items()
-        if name != "model_id" and (info.json_schema_extra or {}).get("cli", True)
+        if name != "model_id" and _extra(info).get("cli", True)
     }
 
 
 def _flag(name: str) -> str:
     """The command-line flag of settings field `name`."""
-    info = Settings.model_fields[name]
-    return (info.json_schema_extra or {}).get("flag") or "--" + name.replace("_", "-")
+    flag = _extra(Settings.model_fields[name]).get("flag")
+    return flag if isinstance(flag, str) else "--" + name.replace("_", "-")
+
+
+def _extra(info: FieldInfo) -> dict[str, JsonValue]:
+    """The `cli` and `flag` marks `_setting` stores on a field."""
+    extra = info.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
 
 
 def build_parser(

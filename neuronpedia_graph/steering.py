@@ -272,7 +272,7 @@ def _continuation(tokenizer: Any, prompt_ids: list[int], generated: list[int]) -
     """
     head = tokenizer.decode(prompt_ids)
     full = tokenizer.decode(prompt_ids + generated)
-    return full[len(head) :] if full.startswith(head) else tokenizer.decode(generated)
+    return str(full[len(head) :] if full.startswith(head) else tokenizer.decode(generated))
 
 
 class _IdsAwareTokenizer:

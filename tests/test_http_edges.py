@@ -336,7 +336,7 @@ def test_app_answers_413_to_a_chunked_body_at_the_limit(client, auth):
     MAX_CONTENT_LENGTH without an error; the app must say 413, not "not valid JSON"."""
     import io
 
-    from neuronpedia_graph.api import MAX_BODY_BYTES
+    from neuronpedia_graph.limits import MAX_BODY_BYTES
 
     res = client.post(
         "/forward-pass",

@@ -63,3 +63,14 @@ def test_only_the_ml_core_imports_ml_code():
     if heavy := heavy_after_importing(light):
         culprits = [m for m in light if heavy_after_importing([m])]
         raise AssertionError(f"{culprits} import {heavy} at module level")
+
+
+def test_every_operation_names_a_service_method():
+    """The table names methods as strings (reading it costs no ML import): each must exist."""
+    from neuronpedia_graph.operations import OPERATIONS
+    from neuronpedia_graph.service import GraphService
+
+    for op in OPERATIONS:
+        for name in (op.method, op.finish, op.reserve):
+            if name is not None:
+                assert callable(getattr(GraphService, name, None)), f"{op.name}: {name}"

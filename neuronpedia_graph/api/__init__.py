@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
+from neuronpedia_graph.limits import MAX_BODY_BYTES
+
 if TYPE_CHECKING:
     from neuronpedia_graph.service import GraphService
-
-MAX_BODY_BYTES = 1 << 20
 
 
 def create_app(service: GraphService, secret: str | None = None) -> Flask:

@@ -24,7 +24,7 @@ def _service_error(exc: ServiceError) -> Response:
 
 
 def _http_error(exc: HTTPException) -> Response:
-    from neuronpedia_graph.api import MAX_BODY_BYTES
+    from neuronpedia_graph.limits import MAX_BODY_BYTES
 
     messages = {
         404: "Not found",

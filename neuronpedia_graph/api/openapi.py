@@ -128,7 +128,7 @@ def _get(
     model: type[BaseModel] | None,
     media: str = "application/json",
     schema: dict[str, Any] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     if model is not None:
         schema = {"$ref": _REF.format(model=model.__name__)}
     content: dict[str, Any] = {media: {"schema": schema or {"type": "string"}}}

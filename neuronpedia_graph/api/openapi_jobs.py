@@ -29,7 +29,9 @@ _JOB_ID = {
 }
 
 
-def job_paths(ref: Callable[[str], dict[str, Any]], error: Callable[[int], dict]) -> dict:
+def job_paths(
+    ref: Callable[[str], dict[str, Any]], error: Callable[[int], dict[str, Any]]
+) -> dict[str, Any]:
     """The /graphs paths.
 
     Args:
@@ -50,10 +52,14 @@ def job_paths(ref: Callable[[str], dict[str, Any]], error: Callable[[int], dict]
             }
         return response
 
-    def ok(description: str, schema: dict[str, Any], media: str = "application/json") -> dict:
+    def ok(
+        description: str, schema: dict[str, Any], media: str = "application/json"
+    ) -> dict[str, Any]:
         return {"description": description, "content": {media: {"schema": schema}}}
 
-    def op(op_id: str, summary: str, responses: dict[int, dict], **extra: Any) -> dict:
+    def op(
+        op_id: str, summary: str, responses: dict[int, dict[str, Any]], **extra: Any
+    ) -> dict[str, Any]:
         return {
             "operationId": op_id,
             "summary": summary,

@@ -9,10 +9,10 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from neuronpedia_graph.api import MAX_BODY_BYTES
 from neuronpedia_graph.api.auth import require_secret
 from neuronpedia_graph.api.responses import json_response
 from neuronpedia_graph.errors import InvalidRequest, ServiceError
+from neuronpedia_graph.limits import MAX_BODY_BYTES
 from neuronpedia_graph.operations import OPERATIONS, Operation
 from neuronpedia_graph.schemas import BusyResponse
 
@@ -40,11 +40,13 @@ def make_blueprint() -> Blueprint:
 
 
 def _service() -> GraphService:
-    return current_app.extensions["npg_service"]
+    service: GraphService = current_app.extensions["npg_service"]
+    return service
 
 
 def _metrics() -> Metrics:
-    return current_app.extensions["npg_metrics"]
+    metrics: Metrics = current_app.extensions["npg_metrics"]
+    return metrics
 
 
 def health() -> Response:

@@ -26,6 +26,6 @@ def transcoder_config(transcoder_dir: Path = TRANSCODER_DIR) -> dict[str, Any]:
     import yaml
 
     directory = Path(transcoder_dir).resolve()
-    config = yaml.safe_load((directory / "config.yaml").read_text())
+    config: dict[str, Any] = yaml.safe_load((directory / "config.yaml").read_text())
     config["transcoders"] = [str(directory / name) for name in config["transcoders"]]
     return config

@@ -214,6 +214,7 @@ def build(
     model_dir.mkdir(parents=True, exist_ok=True)
     # Generation (e.g. a chat reply) should stop at the end of the model's turn, as with Gemma.
     end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    assert model.generation_config is not None
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, end_of_turn]
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir, save_jinja_files=False)

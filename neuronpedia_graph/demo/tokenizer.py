@@ -65,7 +65,7 @@ def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
         pair=f"{BOS} $A $B",
         special_tokens=[(BOS, vocab[BOS])],
     )
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         bos_token=BOS,
         eos_token=EOS,

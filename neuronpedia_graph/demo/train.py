@@ -7,7 +7,9 @@ on the same machine reproduces the committed artifacts.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +102,10 @@ def encode(tokenizer: PreTrainedTokenizerFast, texts: list[str] | tuple[str, ...
     rendered by the chat template already carry theirs)."""
     bos = tokenizer.bos_token
     texts = [t if t.startswith(bos) else bos + t for t in texts]
-    return tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").input_ids
+    ids: torch.Tensor = tokenizer(
+        texts, add_special_tokens=False, padding=True, return_tensors="pt"
+    ).input_ids
+    return ids
 
 
 def causal_masks(width: int) -> dict[str, torch.Tensor]:
@@ -162,7 +167,7 @@ def train_model(
             torch.multinomial(weights, hp.batch, replacement=True, generator=gen),
             minlength=len(families),
         ).tolist()
-        rows = []
+        rows: list[torch.Tensor] = []
         for family, count in zip(families, counts, strict=True):
             data = encoded[family]
             pick = torch.randint(len(data), (count,), generator=gen)
@@ -210,10 +215,12 @@ def mlp_io(
     for i, layer in enumerate(model.model.layers):
         pre, post = layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm
 
-        def grab_in(_module, args, _out, key=f"in{i}", norm=pre):
+        def grab_in(
+            _module: Any, args: Any, _out: Any, key: str = f"in{i}", norm: Any = pre
+        ) -> None:
             captured[key] = norm._norm(args[0].float())
 
-        def grab_out(_module, _args, out, key=f"out{i}"):
+        def grab_out(_module: Any, _args: Any, out: Any, key: str = f"out{i}") -> None:
             captured[key] = out.float()
 
         handles.append(pre.register_forward_hook(grab_in))
@@ -236,12 +243,12 @@ def fvu(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(resid / total)
 
 
-def encode_relu(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def encode_relu(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Feature activations exactly as circuit-tracer computes them for a threshold-less file."""
     return F.relu(F.linear(x, params["W_enc"], params["b_enc"]))
 
 
-def decode(params: dict[str, torch.Tensor], acts: torch.Tensor) -> torch.Tensor:
+def decode(params: Mapping[str, torch.Tensor], acts: torch.Tensor) -> torch.Tensor:
     return acts @ params["W_dec"] + params["b_dec"]
 
 

@@ -218,8 +218,12 @@ def stream_events(runner: JobRunner, job_id: str, heartbeat_s: float) -> Iterato
     next_beat = time.monotonic() + heartbeat_s
     while True:
         with runner.cond:
+
+            def changed(seen: int = version) -> bool:
+                return runner.version(job_id) != seen
+
             runner.cond.wait_for(
-                lambda v=version: runner.version(job_id) != v,
+                changed,
                 max(0.0, next_beat - time.monotonic()),
             )
             current = runner.version(job_id)

@@ -69,7 +69,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def _load_local_transcoders(directory: Path, settings: Settings, device, dtype) -> Any:
+def _load_local_transcoders(
+    directory: Path, settings: Settings, device: torch.device, dtype: torch.dtype
+) -> Any:
     from circuit_tracer.utils.hf_utils import load_transcoders
 
     config = resolve_transcoder_files(directory, read_local_config(directory))
@@ -154,4 +156,5 @@ def _model_architecture(spec: ModelSpec) -> str | None:
             architectures = json.load(fh).get("architectures") or [None]
     except (OSError, ValueError):
         return None
-    return architectures[0]
+    first = architectures[0]
+    return first if isinstance(first, str) else None

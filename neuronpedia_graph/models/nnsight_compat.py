@@ -38,8 +38,8 @@ def mapped_multimodal_allowed(backend: str, architecture: str | None) -> Iterato
     def _accept(self: LanguageModel, repo_id: str) -> None:
         return None
 
-    LanguageModel._check_is_text_only = _accept  # type: ignore[method-assign]
+    LanguageModel._check_is_text_only = _accept
     try:
         yield
     finally:
-        LanguageModel._check_is_text_only = guard  # type: ignore[method-assign]
+        LanguageModel._check_is_text_only = guard

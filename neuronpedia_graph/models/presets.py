@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from neuronpedia_graph.settings import Backend
+
 
 @dataclass(frozen=True)
 class TranscoderSetInfo:
@@ -57,7 +59,7 @@ class ModelPreset:
     model_id: str
     neuronpedia_id: str
     transcoder_set: str
-    backend: str = "nnsight"
+    backend: Backend = "nnsight"
     scan_override: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
 

@@ -24,7 +24,7 @@ from neuronpedia_graph.models.presets import (
     find_transcoder_set,
     hub_ref_for,
 )
-from neuronpedia_graph.settings import Settings
+from neuronpedia_graph.settings import Backend, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ModelSpec:
     transcoder_is_local: bool
     scan: str
     neuronpedia_id: str
-    backend: str
+    backend: Backend
     source_urls: tuple[str, ...] = ()
     neuronpedia_source_set: str | None = None
     accepted_ids: frozenset[str] = field(default_factory=frozenset)
@@ -145,10 +145,10 @@ def resolve_spec(settings: Settings) -> ModelSpec:
 
     model_is_local = _is_local(requested)
     model_path = str(Path(requested).expanduser().resolve()) if model_is_local else requested
-    transcoder_ref = settings.transcoder_set
-    if transcoder_ref is None and model_is_local and (Path(model_path) / "transcoders").is_dir():
+    transcoder_ref = settings.transcoder_set or ""
+    if not transcoder_ref and model_is_local and (Path(model_path) / "transcoders").is_dir():
         transcoder_ref = str(Path(model_path) / "transcoders")
-    if transcoder_ref is None:
+    if not transcoder_ref:
         raise ModelLoadError(
             f"No transcoder set is known for model '{requested}': pass --transcoder-set "
             "(or TRANSCODER_SET) with a Hugging Face repo, an hf:// URI or a local directory "

@@ -55,7 +55,7 @@ def canonical_prompt(tokenizer: Any, text: str) -> str:
         return body
     first = tokenizer(body, add_special_tokens=False).input_ids[:1]
     if first and first[0] in tokenizer.all_special_ids:
-        return bos + body
+        return str(bos) + body
     return body
 
 
@@ -204,7 +204,7 @@ def _require_template(tokenizer: Any) -> None:
 
 
 def _apply(tokenizer: Any, conversation: list[dict[str, str]], **options: bool) -> str:
-    return tokenizer.apply_chat_template(conversation, tokenize=False, **options)
+    return str(tokenizer.apply_chat_template(conversation, tokenize=False, **options))
 
 
 def _stand_in_bos(tokenizer: Any) -> int:

@@ -37,13 +37,14 @@ from gunicorn.http.body import Body, ChunkedReader, LengthReader
 from gunicorn.http.message import Request
 from gunicorn.http.unreader import IterUnreader
 
+from neuronpedia_graph.limits import RETRY_AFTER_SECONDS
+
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 # A chunk extension holds visible ASCII, space and tab only (no CR, LF, NUL or other controls).
 _BAD_EXTENSION_BYTES = frozenset(range(0, 32)) - {9} | {127}
 # Chunk data may be framed with large overhead (one-byte chunks take 6 bytes each); the buffer
 # for a body is capped at this multiple of the body limit, whatever the chunk sizes.
 _CHUNK_OVERHEAD_FACTOR = 4
-RETRY_AFTER_SECONDS = 5  # as the application's busy replies
 
 
 class RequestRejected(Exception):

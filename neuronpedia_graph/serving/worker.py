@@ -69,6 +69,7 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from neuronpedia_graph.limits import MAX_BODY_BYTES
 from neuronpedia_graph.serving.framing import (
     RequestFramer,
     RequestRejected,
@@ -77,9 +78,10 @@ from neuronpedia_graph.serving.framing import (
     rejection_for,
 )
 from neuronpedia_graph.serving.stream_handoff import HandoffWorkerMixin
+from neuronpedia_graph.settings import Settings
 
-DEFAULT_REQUEST_READ_TIMEOUT = 30.0
-DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_REQUEST_READ_TIMEOUT: float = Settings.model_fields["request_read_timeout"].default
+DEFAULT_MAX_BODY_BYTES = MAX_BODY_BYTES
 DEFAULT_IDLE_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_REQUEST_BUFFER_BUDGET = 64 << 20
@@ -99,7 +101,7 @@ _RECV_SIZE = 1 << 14
 _NO_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-class _BufferedRequestParser(RequestParser):
+class _BufferedRequestParser(RequestParser):  # type: ignore[misc]  # gunicorn is untyped
     """gunicorn's request parser over the bytes of exactly one buffered request."""
 
     def __init__(self, cfg: Any, request: bytes, client: Any, decoded: bytes | None) -> None:
@@ -328,7 +330,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 "Connection limit (%d) reached: shedding the oldest idle connections",
                 self.max_connections,
             )
-        return self.nr_conns < self.max_connections
+        return bool(self.nr_conns < self.max_connections)
 
     def _shed_one(self, keep: _Conn | None = None) -> bool:
         """Close one connection to make room: idle, then closing, then a partial request."""

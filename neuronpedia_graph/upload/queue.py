@@ -426,6 +426,11 @@ class UploadQueue:
         self._executor.shutdown(wait=wait)
 
 
+def _note_shutdowns(queues: list[UploadQueue]) -> None:
+    for queue in queues:
+        queue.note_shutdown()
+
+
 def install_shutdown_notice() -> None:
     """On SIGTERM, log every in-flight upload and its spool file, then run the old handler.
 
@@ -438,7 +443,8 @@ def install_shutdown_notice() -> None:
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         queues = list(_QUEUES)
         threading.Thread(
-            target=lambda: [q.note_shutdown() for q in queues],
+            target=_note_shutdowns,
+            args=(queues,),
             name="upload-shutdown-notice",
             daemon=True,
         ).start()

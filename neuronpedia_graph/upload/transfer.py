@@ -23,10 +23,11 @@ import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
@@ -256,7 +257,7 @@ def _cut(sock: socket.socket) -> None:
 def _watched(connection_cls: type, deadline: _Deadline) -> type:
     """A urllib3 connection class whose sockets the deadline can cut."""
 
-    class Watched(connection_cls):  # type: ignore[misc,valid-type]
+    class Watched(connection_cls):  # type: ignore[misc]
         def connect(self) -> None:
             super().connect()
             deadline.watch(self.sock)
@@ -340,12 +341,12 @@ def _s3_error(head: bytes) -> tuple[str | None, str | None]:
     """
     if not head.lstrip().startswith(b"<") or b"<!DOCTYPE" in head.upper():
         return None, None  # S3 error documents have no DTD, so none is parsed (no entities)
-    parser = ET.XMLPullParser(events=("start", "end"))
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
     fields: dict[str, str] = {}
     depth = 0
     try:
         parser.feed(head)
-        for event, element in parser.read_events():
+        for event, element in cast(Iterator[tuple[str, ET.Element]], parser.read_events()):
             depth += 1 if event == "start" else -1
             if event == "end" and depth == 1:  # a direct child of <Error>
                 fields.setdefault(element.tag.rsplit("}", 1)[-1], (element.text or "").strip())
@@ -511,7 +512,7 @@ def put_graph(
                 response = pool.urlopen(
                     "PUT",
                     target.request_target,
-                    body=data,
+                    body=data,  # type: ignore[arg-type]  # a seekable reader: urllib3 reads it
                     headers=headers,
                     retries=False,
                     redirect=False,
