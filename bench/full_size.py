@@ -4,7 +4,7 @@ TransformerLens hard-codes the architecture of official model names, so its path
 exercised with full-size weights. This check, for each run `MODEL:BACKEND`:
 
 1. writes google/gemma-2-2b and/or meta-llama/Llama-3.2-1B at full size with random bfloat16
-   weights into a fabricated hub cache (tests/hubcache.py; streamed shard by shard), with
+   weights into a fabricated hub cache (testkit/hubcache/; streamed shard by shard), with
    transcoders at the real d_model and a reduced width (512 features per layer);
 2. starts the real server (`python -m neuronpedia_graph MODEL --backend BACKEND`, gunicorn)
    with HF_HUB_OFFLINE=1 and HF_HOME at that cache;

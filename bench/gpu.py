@@ -4,7 +4,7 @@ Everything happens within `--budget-s` seconds (default 420), measured from the 
 
 1. a child process writes google/gemma-2-2b at full size (random bfloat16 weights) and the
    `gemma` GemmaScope transcoders at full width (16 384 features per layer, JumpReLU, npz)
-   into a fabricated hub cache (testkit/hubcache.py);
+   into a fabricated hub cache (testkit/hubcache/);
 2. per backend (nnsight, then transformerlens), the bare library in a child process: our
    loader, two warm-up graphs, then per size one untimed and `--repeats` timed runs of
    `attribute` + `prune_graph` + graph JSON on a 64-token prompt (batch_size 48); medians and

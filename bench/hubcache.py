@@ -4,7 +4,7 @@
     .venv/bin/python bench/hubcache.py /tmp/hf --pairs gemma,llama --full-size --width 512
     HF_HOME=/tmp/hf HF_HUB_OFFLINE=1 SECRET=x .venv/bin/neuronpedia-graph google/gemma-2-2b
 
-What is written, and every assumption about the upstream repositories: tests/hubcache.py.
+What is written, and every assumption about the upstream repositories: testkit/hubcache/.
 Full size streams the weights to disk shard by shard (bfloat16 by default), so gemma-2-2b
 (5.2 GB) is written in a few GB of RAM.
 """

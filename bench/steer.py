@@ -1,7 +1,7 @@
 """`make bench-steer`: /steer generation, a full recompute per token against the key/value cache.
 
 Both paths generate the same continuation in this process, on a fabricated
-meta-llama/Llama-3.2-1B hub cache (testkit/hubcache.py; small shapes by default, the demo
+meta-llama/Llama-3.2-1B hub cache (testkit/hubcache/; small shapes by default, the demo
 model's 512-token context being too short) through the nnsight backend:
 
 - old: circuit-tracer's `feature_intervention` over the whole sequence for every new token

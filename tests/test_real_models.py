@@ -1,7 +1,7 @@
 """Every preset and known transcoder set, end to end, from a fabricated Hub cache, offline.
 
 For each model + transcoder-set pair the real CLI (`python -m neuronpedia_graph MODEL`) starts
-gunicorn with HF_HUB_OFFLINE=1 and HF_HOME pointing at a cache that `tests/hubcache.py` writes
+gunicorn with HF_HUB_OFFLINE=1 and HF_HOME pointing at a cache that `testkit/hubcache/` writes
 under the REAL repository ids (small random-weight models, nnsight backend). So what runs is
 what a GPU box with a warm cache runs: our cache-first resolution of `hf://` transcoder files,
 circuit-tracer's loaders (GemmaScope npz, GemmaScope 2, cross-layer, safetensors discovery),
