@@ -117,7 +117,7 @@ def started_server(
         cmd = server_command(workdir)
     else:
         code = (
-            "from neuronpedia_graph.__main__ import serve_gunicorn;"
+            "from neuronpedia_graph.serving.gunicorn import serve_gunicorn;"
             "from neuronpedia_graph.settings import load_settings;"
             f"serve_gunicorn(load_settings(['demo']), worker_class={worker_class!r})"
         )

@@ -134,7 +134,7 @@ def test_demo_loads_from_a_custom_local_directory_copy(tmp_path):
     loaded = load_model(settings)
     assert loaded.spec.model_is_local and loaded.spec.transcoder_ref.endswith("transcoders")
     # An unknown model serves under a guessed Neuronpedia id, and its banner says so.
-    from neuronpedia_graph.__main__ import banner
+    from neuronpedia_graph.serving.gunicorn import banner
 
     assert loaded.spec.scan == "model"
     warning = next(line for line in banner(loaded, settings).splitlines() if "WARNING" in line)
