@@ -2,7 +2,7 @@
 
 A client may put a secret in a query string by mistake (`POST /generate-graph?secret=...`), and
 a presigned URL carries its signature there. gunicorn's default access line logs the raw request
-target, so such a secret ended up in the log (issue 11, finding 9). This logger logs the path and
+target, so such a secret would end up in the log. This logger logs the path and
 replaces any query string by `?[redacted]`, for every method: none of our endpoints takes query
 parameters, so nothing useful is lost. The same applies to every format atom that could carry
 the query or a credential (`%(q)s`, `%(f)s` referer, `{raw_uri}e`, `{x-secret-key}i`, ...), so

@@ -2,8 +2,8 @@
 
 gunicorn restarts a worker that dies. That is right once the model has loaded (a crash while
 serving is followed by a fresh worker), but a worker that dies WHILE LOADING will die again the
-same way: gemma-2-2b in float32 on a 24 GB machine was OOM-killed, re-booted, killed again every
-30 s, forever, and the master never said why (issue 10). gunicorn already halts when a worker
+same way (a model too large for the machine is OOM-killed, re-booted and killed again forever,
+and the master never says why; docs/decisions/boot-guard.md). gunicorn already halts when a worker
 exits with its boot-error code (our loader does that for exceptions it reports), but a signal
 (SIGKILL from the OOM killer) gives it no code to look at.
 

@@ -9,7 +9,7 @@ as it likes, and a handful of them freeze the server, `/health` included, withou
 so that a pool thread never waits for a client and the event loop never does work that grows
 faster than the bytes it received:
 - reading: connections stay non-blocking in the worker's selector loop; each readable event
-  appends what the socket holds to that connection's buffer, and `http_framing.RequestFramer`
+  appends what the socket holds to that connection's buffer, and `framing.RequestFramer`
   decides (in time linear in the bytes) when one complete request is there. Only then is the
   request given to a pool thread, whose gunicorn parser reads from memory. A body shorter than
   its Content-Length is never executed;
