@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 # uv lives outside the venv's site-packages so that `uv pip sync` never uninstalls it.
 UV := $(VENV)/uv/bin/uv
-# Bytecode compiled at install: every server process the tests start then imports ~40% faster.
-UV_ENV := UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 VIRTUAL_ENV=$(abspath $(VENV))
+# No bytecode compiling at install: Python writes it on the first import, which makes the first
+# `make run` faster overall (docs/development.md has the measurement).
+UV_ENV := UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=$(abspath $(VENV))
 MODEL ?= $(or $(MODEL_ID),demo)
 # Target of `make wheelhouse` (docs/air-gapped.md): the GPU host's Python and platform tag.
 WHEEL_PYTHON ?= 3.12
