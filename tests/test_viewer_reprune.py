@@ -9,6 +9,7 @@ ignores it the page says "it does not re-prune stored graphs" and they fail on t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl
@@ -73,6 +74,11 @@ def pinned(page: Any) -> list[str]:
     return [p for p in params.get("pinnedIds", "").split(",") if p]
 
 
+def supernodes(page: Any) -> list[list[str]]:
+    params = dict(parse_qsl(page.evaluate("() => location.hash.slice(1)")))
+    return json.loads(params.get("supernodes", "[]"))
+
+
 def test_a_reprune_slider_gives_the_node_count_of_a_fresh_graph(jobs_tab, live_server):
     page = jobs_tab.page
     page.fill("#prompt", PARIS)
@@ -84,10 +90,29 @@ def test_a_reprune_slider_gives_the_node_count_of_a_fresh_graph(jobs_tab, live_s
         if r.method == "POST" and r.url.endswith("/graphs")
     )
     doc = stored_document(live_server, job_id)
+    fresh = fresh_graph(live_server, sent, node_threshold=0.5)
+    fresh_ids = {n["node_id"] for n in fresh["nodes"]}
+    # Pin the France feature and a feature the 0.5 pruning leaves out, grouped as one supernode.
     france = france_feature(doc)
-    page.click(f"#node-layer .node[data-id='{france}']")
-    page.click("#pin-toggle")
-    assert pinned(page) == [france]
+    gone = next(
+        n["node_id"]
+        for n in doc["nodes"]
+        if n["feature_type"] == "cross layer transcoder" and n["node_id"] not in fresh_ids
+    )
+    for node_id in (france, gone):
+        page.fill("#search", node_id)
+        page.press("#search", "Enter")
+        page.wait_for_function(
+            "(id) => document.getElementById('sel-title').textContent === id",
+            arg=node_id,
+        )
+        page.click("#pin-toggle")
+    page.check(f"#sg-list input[value='{france}']")
+    page.check(f"#sg-list input[value='{gone}']")
+    page.fill("#sg-name", "pair")
+    page.click("#sg-group")
+    assert pinned(page) == [france, gone]
+    assert supernodes(page) == [["pair", france, gone]]
 
     # The node slider: the server prunes the stored graph again at 0.5.
     response = move_slider(page, "#reprune-node", "0.5", job_id)
@@ -95,15 +120,15 @@ def test_a_reprune_slider_gives_the_node_count_of_a_fresh_graph(jobs_tab, live_s
     query = dict(parse_qsl(response.url.split("?", 1)[1]))
     assert query == {"node_threshold": "0.5", "edge_threshold": str(sent["edge_threshold"])}
     assert SECRET not in response.url
-    fresh = fresh_graph(live_server, sent, node_threshold=0.5)
     assert len(fresh["nodes"]) != len(doc["nodes"])  # the threshold changed the graph
     assert page.locator("#node-layer .node").count() == len(fresh["nodes"])
     assert page.get_attribute("#reprune-status", "data-nodes") == str(len(fresh["nodes"]))
     served = orjson.loads(response.body())
     assert {n["node_id"] for n in served["nodes"]} == {n["node_id"] for n in fresh["nodes"]}
-    # The pin is kept where its node survived.
-    survived = france in {n["node_id"] for n in fresh["nodes"]}
-    assert pinned(page) == ([france] if survived else [])
+    # Pins and the group keep the nodes that survived, and only those.
+    kept = [france] if france in fresh_ids else []
+    assert pinned(page) == kept
+    assert supernodes(page) == ([["pair", *kept]] if kept else [])
 
     # The edge slider: both thresholds travel; the links are a fresh graph's.
     move_slider(page, "#reprune-edge", "0.9", job_id)
