@@ -2,7 +2,9 @@
 
 Everything runs against the gunicorn `live_server` on the demo model: the page generates the
 Paris graph, draws it, highlights the France feature and steers Rome into France, exactly as a
-researcher would click through it. The browser must be installed (`make browser`, which
+researcher would click through it. These tests drive the synchronous `/generate-graph` path: the
+page meets a server without graph jobs (`without_jobs`); `tests/test_viewer_jobs.py` covers the
+jobs path (progress, Cancel, recent graphs). The browser must be installed (`make browser`, which
 `make test` runs): a missing browser fails these tests, it never skips them.
 """
 
@@ -59,13 +61,50 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def open_tab(browser: Any, base: str) -> Tab:
+def without_jobs(page: Any) -> None:
+    """Make the page meet a server without graph jobs: POST /graphs answers a JSON 404, as the
+    server before jobs did, so the page generates with the synchronous /generate-graph."""
+
+    def answer(route: Any) -> None:
+        if route.request.method == "POST":
+            route.fulfill(
+                status=404, content_type="application/json", body='{"error": "Not Found"}'
+            )
+        else:
+            route.continue_()
+
+    page.route("**/graphs", answer)
+
+
+def is_jobs_probe(request: Any) -> bool:
+    return request.method == "POST" and request.url.endswith("/graphs")
+
+
+def is_probe_log(message: Any) -> bool:
+    """The browser's console line for the 404 that `without_jobs` answers."""
+    return message.location.get("url", "").endswith("/graphs")
+
+
+def open_tab(browser: Any, base: str, jobs: bool = False) -> Tab:
+    """A fresh page on the server; without `jobs` it meets a server without graph jobs (its
+    POST /graphs probe, answered in the browser, is left out of `tab.requests`)."""
     context = browser.new_context(viewport={"width": 1500, "height": 950}, accept_downloads=True)
     page = context.new_page()
     tab = Tab(page, base)
-    page.on("console", lambda m: m.type == "error" and tab.console_errors.append(m.text))
+
+    def console(message: Any) -> None:
+        if message.type == "error" and (jobs or not is_probe_log(message)):
+            tab.console_errors.append(message.text)
+
+    def request(r: Any) -> None:
+        if jobs or not is_jobs_probe(r):
+            tab.requests.append(r)
+
+    page.on("console", console)
     page.on("pageerror", lambda e: tab.console_errors.append(f"pageerror: {e}"))
-    page.on("request", lambda r: tab.requests.append(r))
+    page.on("request", request)
+    if not jobs:
+        without_jobs(page)
     page.goto(base + "/")
     # /health answered and the form holds the server's defaults. (Predicates are functions:
     # Playwright evaluates expression strings with eval, which the page's CSP forbids.)
@@ -631,8 +670,12 @@ def small_screen(browser: Any, live_server: Any) -> Iterator[SmallScreen]:
     context = browser.new_context(viewport={"width": 1280, "height": 720})
     page = context.new_page()
     tab = Tab(page, live_server.base)
-    page.on("console", lambda m: m.type == "error" and tab.console_errors.append(m.text))
+    page.on(
+        "console",
+        lambda m: m.type == "error" and not is_probe_log(m) and tab.console_errors.append(m.text),
+    )
     page.on("pageerror", lambda e: tab.console_errors.append(f"pageerror: {e}"))
+    without_jobs(page)
     page.goto(live_server.base + "/")
     page.wait_for_function(
         "() => document.getElementById('server-info').textContent.includes('demo')"

@@ -76,6 +76,10 @@
     pins: [], // pinned node ids, in pinning order
     supernodes: [], // [name, node id, ...]
     stateEdited: false, // the small vocabulary as a Set
+    jobs: null, // the server has graph jobs: null until POST /graphs answers, false after a 404/405
+    job: null, // the job the progress bar follows: { id, phases }
+    jobId: null, // the stored job whose document is drawn (the re-prune sliders ask for it)
+    repruneSeq: 0, // the latest re-prune request; an older answer is dropped
   };
 
   // ------------------------------------------------------------------ small helpers
@@ -146,7 +150,7 @@
   // Every failure becomes one readable sentence; nothing here throws to the caller.
   function describeFailure(status, body, headers) {
     const detail = body && typeof body.error === "string" ? body.error : "";
-    const rid = headers && headers.get("X-Request-Id");
+    const rid = (headers && headers.get("X-Request-Id")) || (body && typeof body.request_id === "string" ? body.request_id : "");
     const suffix = rid ? ` (request id ${rid})` : "";
     switch (status) {
       case 400:
@@ -174,15 +178,22 @@
   }
 
   async function postJSON(path, payload) {
+    return await callJSON("POST", path, payload);
+  }
+
+  // One request with the secret header (never in the URL); the reply's JSON, or a sentence.
+  async function callJSON(method, path, payload) {
     const secret = await ensureSecret();
     if (!secret) return { ok: false, message: NO_SECRET };
     let response;
     try {
-      response = await fetch(path, {
-        method: "POST",
-        headers: { "Content-Type": "application/json", "x-secret-key": secret },
-        body: JSON.stringify(payload),
-      });
+      const headers = { "x-secret-key": secret };
+      const init = { method, headers };
+      if (payload !== undefined) {
+        headers["Content-Type"] = "application/json";
+        init.body = JSON.stringify(payload);
+      }
+      response = await fetch(path, init);
     } catch (err) {
       return { ok: false, message: `Could not reach the server: ${err.message}` };
     }
@@ -316,8 +327,49 @@
     }
   }
 
+  // Generate: through the jobs API (queued, with progress and Cancel) when the server has it;
+  // a server without it answers POST /graphs with 404 or 405, and the page then uses the
+  // synchronous /generate-graph from then on.
   async function generate(event) {
     event.preventDefault();
+    if (state.job) return; // one job at a time from this page (Generate is disabled meanwhile)
+    if (state.jobs === false) return generateSync();
+    const status = $("status");
+    let request;
+    try {
+      request = graphRequest();
+    } catch (err) {
+      setStatus(status, "error", err.message);
+      return;
+    }
+    if (!(await ensureSecret())) {
+      setStatus(status, "error", NO_SECRET);
+      return;
+    }
+    $("timings").replaceChildren();
+    const button = $("generate");
+    button.disabled = true;
+    try {
+      // POST /graphs answers at once (202, or 404/405 from a server without jobs).
+      const created = await callJSON("POST", "/graphs", request);
+      if (!created.ok && (created.status === 404 || created.status === 405)) {
+        state.jobs = false;
+        button.disabled = false;
+        await generateSync();
+        return;
+      }
+      if (!created.ok) {
+        setStatus(status, "error", created.message);
+        return;
+      }
+      state.jobs = true;
+      await followJob(created.body, request.slug_identifier);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function generateSync() {
     const status = $("status");
     const timings = $("timings");
     timings.replaceChildren();
@@ -343,6 +395,290 @@
       li.innerHTML = `<span>${esc(phase.name)}</span><span>${esc(fmt(phase.ms, 1))} ms</span>`;
       timings.appendChild(li);
     }
+  }
+
+  // ------------------------------------------------------------------ graph jobs
+  const FINISHED = new Set(["done", "failed", "cancelled"]);
+  const PHASE_TEXT = {
+    activations: "activations",
+    forward_pass: "forward pass",
+    logit_batches: "logit batches",
+    feature_batches: "feature batches",
+    prune: "pruning",
+    build_json: "building the JSON",
+    compress: "compressing",
+    upload: "uploading",
+  };
+
+  // The progress bar shows one job's latest state (queue position, phase, fraction).
+  function showJob(view) {
+    const bar = $("job-progress");
+    const label = $("job-label");
+    bar.value = typeof view.progress === "number" ? view.progress : 0;
+    bar.dataset.status = view.status;
+    bar.dataset.phase = view.phase || "";
+    if (state.job && view.phase && !state.job.phases.includes(view.phase)) {
+      state.job.phases.push(view.phase);
+      bar.dataset.phases = state.job.phases.join(" ");
+    }
+    label.dataset.queue = view.queue_position === null || view.queue_position === undefined ? "" : String(view.queue_position);
+    const percent = `${Math.floor(bar.value * 100)} %`;
+    if (view.status === "queued") {
+      label.textContent = view.queue_position === 1 ? "Queued: next to run" : `Queued: position ${view.queue_position} in the queue`;
+    } else if (view.status === "running") {
+      const phase = view.phase ? PHASE_TEXT[view.phase] || view.phase : "starting";
+      label.textContent = `Running: ${phase} · ${percent}${view.cancel_requested ? " · cancelling…" : ""}`;
+    } else {
+      label.textContent = { done: "Done · 100 %", failed: "Failed", cancelled: "Cancelled" }[view.status] || view.status;
+    }
+    $("job-cancel").hidden = FINISHED.has(view.status);
+  }
+
+  // A job's event stream, read with fetch() so the secret travels in a header (EventSource
+  // cannot send one). Calls onState with every state event; returns the last one.
+  async function readEvents(id, onState) {
+    const response = await fetch(`/graphs/${encodeURIComponent(id)}/events`, {
+      headers: { "x-secret-key": storedSecret(), Accept: "text/event-stream" },
+    });
+    if (!response.ok || !response.body) return null;
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    let last = null;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      buffer = buffer.replace(/\r\n/g, "\n");
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        let event = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) event = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        if (event === "state" && data.length) {
+          last = JSON.parse(data.join("\n"));
+          onState(last);
+        }
+      }
+    }
+    return last;
+  }
+
+  // Until the job has finished: its stream, read again (after its state is asked for) when
+  // it breaks off or is refused (503: too many streams open).
+  async function watchJob(id, onState) {
+    for (let attempt = 1; ; attempt++) {
+      let last = null;
+      try {
+        last = await readEvents(id, onState);
+      } catch {
+        last = null; // a dropped connection: ask for the state below
+      }
+      if (last && FINISHED.has(last.status)) return last;
+      const now = await callJSON("GET", `/graphs/${encodeURIComponent(id)}`);
+      if (!now.ok) throw new Error(now.message);
+      onState(now.body);
+      if (FINISHED.has(now.body.status)) return now.body;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 500 * attempt)));
+    }
+  }
+
+  async function followJob(job, slug) {
+    const status = $("status");
+    const started = performance.now();
+    state.job = { id: job.id, phases: [] };
+    $("job-progress").dataset.phases = "";
+    $("job-progress").dataset.id = job.id;
+    $("job-cancel").disabled = false;
+    $("job").hidden = false;
+    showJob(job);
+    setStatus(status, "progress", `Graph job ${job.id} submitted.`);
+    let last;
+    try {
+      last = await watchJob(job.id, showJob);
+    } catch (err) {
+      setStatus(status, "error", `Lost track of graph job ${job.id}: ${err.message}`);
+      state.job = null;
+      return;
+    }
+    state.job = null;
+    if (last.status === "cancelled") {
+      setStatus(status, "cancelled", `Graph job ${job.id} was cancelled; the server is free for the next one.`);
+    } else if (last.status === "failed") {
+      const error = last.error || { status: 500, body: {} };
+      setStatus(status, "error", describeFailure(error.status, error.body, null));
+    } else {
+      const result = await callJSON("GET", `/graphs/${encodeURIComponent(job.id)}/document`);
+      if (!result.ok) {
+        setStatus(status, "error", result.message);
+      } else if (drawStored(result, job.id, `${slug}.json`)) {
+        const seconds = ((performance.now() - started) / 1000).toFixed(2);
+        setStatus(status, "ok", `Graph ready in ${seconds} s: ${state.graph.nodes.length} nodes, ${state.graph.nLinks} links (job ${job.id}).`);
+        showTimings(Object.entries(last.timings || {}).map(([name, ms]) => ({ name, ms })));
+      }
+    }
+    if ($("recent-list").dataset.loaded) refreshRecent();
+  }
+
+  // Draws a document the server stores (a job's), which the re-prune sliders can then ask for
+  // at other thresholds. False (with the reason in the status) when it cannot be drawn.
+  function drawStored(result, id, fileName) {
+    try {
+      showGraph(result.body, result.text, fileName);
+    } catch (err) {
+      setStatus($("status"), "error", `The server's graph could not be drawn: ${err.message}`);
+      return false;
+    }
+    const settings = state.graph.metadata.pruning_settings || {};
+    for (const [name, input] of [["node_threshold", "reprune-node"], ["edge_threshold", "reprune-edge"]]) {
+      const value = typeof settings[name] === "number" ? settings[name] : $(name).valueAsNumber;
+      if (Number.isFinite(value)) $(input).value = String(value);
+    }
+    enableReprune(id);
+    return true;
+  }
+
+  function showTimings(phases) {
+    const timings = $("timings");
+    timings.replaceChildren();
+    for (const phase of phases) {
+      const li = document.createElement("li");
+      li.dataset.phase = phase.name;
+      li.innerHTML = `<span>${esc(phase.name)}</span><span>${esc(fmt(phase.ms, 1))} ms</span>`;
+      timings.appendChild(li);
+    }
+  }
+
+  async function cancelJob() {
+    if (!state.job) return;
+    const button = $("job-cancel");
+    button.disabled = true;
+    const result = await callJSON("DELETE", `/graphs/${encodeURIComponent(state.job.id)}`);
+    // 409: it finished meanwhile; its stream says how.
+    if (!result.ok && result.status !== 409) {
+      setStatus($("status"), "error", `Could not cancel: ${result.message}`);
+      button.disabled = false;
+      return;
+    }
+    if (result.ok) showJob(result.body);
+  }
+
+  // ------------------------------------------------------------------ recent graphs
+  function jobWhen(view) {
+    const seconds = view.finished_at || view.created_at;
+    return typeof seconds === "number" ? new Date(seconds * 1000).toLocaleString() : "";
+  }
+
+  async function refreshRecent() {
+    const note = $("recent-status");
+    const list = $("recent-list");
+    note.textContent = "Asking the server…";
+    const result = await callJSON("GET", "/graphs?limit=20");
+    if (!result.ok) {
+      note.textContent = result.status === 404 || result.status === 405 ? "This server keeps no graph jobs." : result.message;
+      return;
+    }
+    list.replaceChildren();
+    list.dataset.loaded = "1";
+    $("recent-refresh").textContent = "Refresh";
+    const jobs = Array.isArray(result.body.jobs) ? result.body.jobs : [];
+    note.textContent = jobs.length ? `${jobs.length} of ${result.body.total}, newest first` : "No graphs on this server yet.";
+    for (const view of jobs) {
+      const li = document.createElement("li");
+      li.dataset.id = view.id;
+      li.dataset.status = view.status;
+      const open = document.createElement("button");
+      open.type = "button";
+      open.className = "link";
+      open.textContent = view.slug_identifier || view.id;
+      open.title = `${view.id} · ${jobWhen(view)}`;
+      open.disabled = view.status !== "done";
+      open.addEventListener("click", () => openStored(view));
+      const info = document.createElement("span");
+      info.className = "job-status";
+      info.textContent = view.status === "done" && view.result ? `${view.result.nodes} nodes` : view.status;
+      li.append(open, info);
+      list.appendChild(li);
+    }
+  }
+
+  async function openStored(view) {
+    const status = $("status");
+    const name = view.slug_identifier || view.id;
+    setStatus(status, "progress", `Opening ${name}…`);
+    const result = await callJSON("GET", `/graphs/${encodeURIComponent(view.id)}/document`);
+    if (!result.ok) {
+      setStatus(status, "error", result.message);
+      return;
+    }
+    if (drawStored(result, view.id, `${name}.json`)) {
+      $("timings").replaceChildren();
+      setStatus(status, "ok", `Opened ${name} from the server: ${state.graph.nodes.length} nodes, ${state.graph.nLinks} links.`);
+    }
+  }
+
+  // ------------------------------------------------------------------ re-prune on the server
+  // The stored graph is pruned again by the server at the sliders' thresholds: a different set
+  // of nodes and links, the same as a fresh graph at those thresholds. Pins, groups, labels and
+  // the selection carry over where their nodes survive.
+  function enableReprune(id) {
+    state.jobId = id;
+    $("reprune").disabled = false;
+    $("reprune-node-value").textContent = $("reprune-node").value;
+    $("reprune-edge-value").textContent = $("reprune-edge").value;
+  }
+
+  async function reprune() {
+    if (!state.jobId || !state.graph) return;
+    const id = state.jobId;
+    const node = Number($("reprune-node").value);
+    const edge = Number($("reprune-edge").value);
+    const note = $("reprune-status");
+    const keep = {
+      pinnedIds: state.pins.slice(),
+      supernodes: state.supernodes.map((group) => group.slice()),
+      clerps: [...state.labels.entries()],
+      clickedId: state.selected >= 0 ? state.graph.nodes[state.selected].id : "",
+    };
+    const edited = { labels: state.labelsEdited, state: state.stateEdited };
+    const seq = ++state.repruneSeq;
+    note.className = "reprune-status progress";
+    note.textContent = "asking the server…";
+    const started = performance.now();
+    const query = new URLSearchParams({ node_threshold: String(node), edge_threshold: String(edge) });
+    const result = await callJSON("GET", `/graphs/${encodeURIComponent(id)}/document?${query}`);
+    if (seq !== state.repruneSeq) return; // a later slider move asked again
+    if (!result.ok) {
+      note.className = "reprune-status error";
+      note.textContent = result.message;
+      return;
+    }
+    const doc = result.body;
+    const qParams = doc.qParams && typeof doc.qParams === "object" ? doc.qParams : {};
+    doc.qParams = { ...qParams, ...keep };
+    try {
+      showGraph(doc, result.text, state.fileName);
+    } catch (err) {
+      note.className = "reprune-status error";
+      note.textContent = `The server's graph could not be drawn: ${err.message}`;
+      return;
+    }
+    state.labelsEdited = edited.labels;
+    state.stateEdited = edited.state;
+    enableReprune(id);
+    writeFragment(); // the link drops the pins whose nodes this pruning left out
+    performance.measure("npg:reprune", { start: started, end: performance.now() });
+    const applied = doc.metadata && doc.metadata.pruning_settings;
+    const matches = applied && applied.node_threshold === node && applied.edge_threshold === edge;
+    note.className = matches ? "reprune-status ok" : "reprune-status error";
+    note.dataset.nodes = String(state.graph.nodes.length);
+    note.textContent = matches
+      ? `${state.graph.nodes.length} nodes, ${state.graph.nLinks} links`
+      : "The server sent the graph as stored: it does not re-prune stored graphs.";
   }
 
   // ------------------------------------------------------------------ files
@@ -1072,6 +1408,10 @@
     const graph = parseGraph(doc);
     performance.measure("npg:parse", { start: started, end: performance.now() });
     state.graph = graph;
+    state.jobId = null;
+    state.repruneSeq++; // an answer still on its way is for the graph this one replaces
+    $("reprune").disabled = true;
+    $("reprune-status").textContent = "";
     state.rawText = text;
     state.labels = labelsFrom(doc);
     state.labelsEdited = false;
@@ -1974,6 +2314,14 @@
     $("open-json").addEventListener("click", () => $("file-input").click());
     $("file-input").addEventListener("change", openFile);
     $("download-json").addEventListener("click", downloadGraph);
+    $("job-cancel").addEventListener("click", cancelJob);
+    $("recent-refresh").addEventListener("click", refreshRecent);
+    for (const id of ["reprune-node", "reprune-edge"]) {
+      $(id).addEventListener("input", () => {
+        $(`${id}-value`).textContent = $(id).value;
+      });
+      $(id).addEventListener("change", reprune);
+    }
 
     const frameAfter = (name, update) => {
       let pending = false;
