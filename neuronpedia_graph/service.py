@@ -91,6 +91,7 @@ class StagedGraph:
     body: bytes
     nodes: int
     links: int
+    pruner: str  # the module whose prune_graph ran (the per-graph log line names it)
 
 
 @dataclass
@@ -207,7 +208,7 @@ class GraphService:
             )
         with timings.phase("prune"):
             graph.to(self.loaded.device)
-            node_mask, edge_mask, scores = self._prune(graph, request)
+            pruner, (node_mask, edge_mask, scores) = self._prune(graph, request)
         n_links = graph_json.count_links(edge_mask, node_mask)
         self._check_size(request, n_links=n_links)
         with timings.phase("build_json"):
@@ -225,14 +226,17 @@ class GraphService:
         n_nodes = int(node_mask.sum())
         del graph, node_mask, edge_mask, scores
         self._check_size(request, n_links=n_links, n_bytes=len(body))
-        return StagedGraph(body=body, nodes=n_nodes, links=n_links)
+        return StagedGraph(body=body, nodes=n_nodes, links=n_links, pruner=pruner)
 
-    def _prune(self, graph: Graph, request: GraphRequest) -> tuple[torch.Tensor, ...]:
+    def _prune(self, graph: Graph, request: GraphRequest) -> tuple[str, tuple[torch.Tensor, ...]]:
+        """The PRUNE implementation's masks and scores, and the module of the code that ran
+        (so the log, not just the setting, says which one an operator's graphs went through)."""
         if self.settings.prune == "lean":
             from neuronpedia_graph.prune import prune_graph
         else:
             from circuit_tracer.graph import prune_graph
-        return prune_graph(graph, request.node_threshold, request.edge_threshold)
+        masks = prune_graph(graph, request.node_threshold, request.edge_threshold)
+        return prune_graph.__module__, masks
 
     def _check_size(
         self, request: GraphRequest, *, n_links: int, n_bytes: int | None = None
@@ -278,11 +282,12 @@ class GraphService:
         else:
             result.upload = self._upload(request, body, timings, ticket)
         logger.info(
-            "graph slug=%s json_bytes=%d nodes=%d links=%d %s",
+            "graph slug=%s json_bytes=%d nodes=%d links=%d prune=%s %s",
             request.slug_identifier,
             len(body),
             n_nodes,
             n_links,
+            staged.pruner,
             " ".join(f"{k}_ms={v:.1f}" for k, v in timings.phases.items()),
         )
         return result

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,9 +22,9 @@ import requests
 
 from testkit.hubcache import PAIRS, Pair, build
 from testkit.live import LiveServer, free_port, server_command, server_settings, start_process
-from tests.conftest import SECRET
+from tests.conftest import AUTH, SECRET
+from tests.helpers import run_cli
 
-AUTH = {"x-secret-key": SECRET}
 PROMPT = "The city of Paris is in"
 
 # Written out, not read from presets.py: these are the contract with the web app.
@@ -224,20 +222,14 @@ def test_instruct_model_refuses_plain_prompts_with_400(served):
 @pytest.mark.parametrize("key", list(PAIRS))
 def test_describe_in_the_same_environment(hub_home, key):
     pair = PAIRS[key]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "neuronpedia_graph",
-            "describe",
-            *_cli_args(pair),
-            "--env-file",
-            "/nonexistent",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_cli(
+        "describe",
+        *_cli_args(pair),
+        "--env-file",
+        "/nonexistent",
         env=_env(hub_home),
+        inherit=False,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
