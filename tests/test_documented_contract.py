@@ -78,6 +78,7 @@ def test_an_integral_float_is_an_integer(uncapped_client):
         ("/forward-pass", {"prompt": "1 2 3", "max_n_logits": 2.5}, "max_n_logits"),
         ("/steer", steer_body(n_tokens=3.5), "n_tokens"),
     ],
+    ids=["batch_size", "max_feature_nodes", "max_n_logits", "n_tokens"],
 )
 def test_a_fractional_number_is_not_an_integer(uncapped_client, path, body, field):
     res = uncapped_client.post(path, json=body, headers=AUTH)
@@ -114,6 +115,7 @@ def test_an_invalid_setting_stops_the_start_with_one_line_and_exit_2(tmp_path, a
         ("/forward-pass", {"prompt": "1 2 3"}),
         ("/steer", steer_body()),
     ],
+    ids=["generate-graph", "forward-pass", "steer"],
 )
 def test_a_bug_is_a_json_500_with_its_request_id_and_a_logged_traceback(live_server, path, body):
     """A fault injected where the operation holds the model stands in for a real bug."""
@@ -234,6 +236,7 @@ def _server_timing(res) -> dict[str, float]:
         ("/steer", steer_body(), ["tokenize", "steer"]),
         ("/parse-chat-prompt", {"prompt": "1 2 3"}, ["tokenize"]),
     ],
+    ids=["forward-pass", "steer", "parse-chat-prompt"],
 )
 def test_every_successful_post_has_server_timing(api, path, body, phases):
     res = api.post(path, body)
