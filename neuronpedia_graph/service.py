@@ -117,6 +117,7 @@ class StagedGraph:
     nodes: int
     links: int
     scores: GraphScores
+    pruner: str  # the module whose prune_graph ran (the per-graph log line names it)
 
 
 @dataclass
@@ -287,6 +288,7 @@ class GraphService:
         with timings.phase("prune"):
             graph.to(self.loaded.device)
             (node_mask, edge_mask, cumulative), scores = self.prune_and_score(graph, request)
+            pruner = self.pruner_module()
         n_links = graph_json.count_links(edge_mask, node_mask)
         self._check_size(request, n_links=n_links)
         with timings.phase("build_json"):
@@ -306,7 +308,7 @@ class GraphService:
         n_nodes = int(node_mask.sum())
         del graph, node_mask, edge_mask, cumulative
         self._check_size(request, n_links=n_links, n_bytes=len(body))
-        return StagedGraph(body=body, nodes=n_nodes, links=n_links, scores=scores)
+        return StagedGraph(body=body, nodes=n_nodes, links=n_links, scores=scores, pruner=pruner)
 
     def attribution_graph(self, request: GraphRequest) -> Graph:
         """circuit-tracer's unpruned graph for the request: its prompt, attribution targets
@@ -340,6 +342,15 @@ class GraphService:
 
         pruned = prune_graph(graph, request.node_threshold, request.edge_threshold)
         return pruned, GraphScores(*compute_graph_scores(graph))
+
+    def pruner_module(self) -> str:
+        """The module whose prune code PRUNE selects, for the per-graph log line (so the log, not
+        just the setting, says which one an operator's graphs went through)."""
+        if self.settings.prune == "lean":
+            from neuronpedia_graph.prune import prune_and_score as run
+        else:
+            from circuit_tracer.graph import prune_graph as run
+        return run.__module__
 
     def _check_size(
         self, request: GraphRequest, *, n_links: int, n_bytes: int | None = None
@@ -386,13 +397,14 @@ class GraphService:
             result.upload = self._upload(request, body, timings, ticket)
         logger.info(
             "graph slug=%s json_bytes=%d nodes=%d links=%d replacement_score=%.6g "
-            "completeness_score=%.6g %s",
+            "completeness_score=%.6g prune=%s %s",
             request.slug_identifier,
             len(body),
             n_nodes,
             n_links,
             staged.scores.replacement,
             staged.scores.completeness,
+            staged.pruner,
             " ".join(f"{k}_ms={v:.1f}" for k, v in timings.phases.items()),
         )
         return result

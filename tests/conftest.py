@@ -21,6 +21,7 @@ from testkit.hold import HoldControl
 from testkit.live import LiveServer, free_port, start_server
 
 __all__ = [
+    "AUTH",
     "SECRET",
     "STEER_FEATURE",
     "Api",
@@ -37,6 +38,8 @@ pytest_plugins = ["tests.s3_server"]
 REPO = Path(__file__).resolve().parents[1]
 # Not a real credential: the secret the test servers are started with.
 SECRET = "test-secret-0123456789"
+# The header every authenticated request of the tests sends.
+AUTH = {"x-secret-key": SECRET}
 # S3 (SeaweedFS) and the fault targets listen on loopback, which uploads refuse by default.
 LOCAL_UPLOAD_HOSTS = "127.0.0.1"
 # The live server's settings: fast upload failures, a modest feature cap.
@@ -107,7 +110,7 @@ def client(app):
 
 @pytest.fixture
 def auth() -> dict[str, str]:
-    return {"x-secret-key": SECRET}
+    return dict(AUTH)
 
 
 @pytest.fixture(scope="session")
@@ -183,9 +186,9 @@ def traced_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
 class Api:
     """Calls a live server with the secret, like the web app does (the AuthActions of flaskr)."""
 
-    def __init__(self, server: LiveServer, secret: str = SECRET) -> None:
+    def __init__(self, server: LiveServer, headers: dict[str, str] = AUTH) -> None:
         self.server = server
-        self.headers = {"x-secret-key": secret}
+        self.headers = dict(headers)
 
     def post(self, path: str, body: Any, timeout: float = 120, **kwargs: Any) -> requests.Response:
         headers = {**self.headers, **kwargs.pop("headers", {})}

@@ -15,14 +15,10 @@ import jsonschema
 import orjson
 import pytest
 
-from tests.conftest import graph_body
+from tests.conftest import AUTH, graph_body
+from tests.helpers import assert_still_serving
 
 PROMPT = "The city of Paris is in"
-
-
-def assert_still_serving(client, auth):
-    res = client.post("/forward-pass", json={"prompt": "1 2 3 4"}, headers=auth)
-    assert res.status_code == 200, res.get_json()
 
 
 # ----------------------------------------------------------------------------- auth
@@ -175,7 +171,7 @@ def paris_graph(app):
     res = app.test_client().post(
         "/generate-graph",
         json=graph_body(user_id="tester"),
-        headers={"x-secret-key": "test-secret-0123456789"},
+        headers=AUTH,
     )
     assert res.status_code == 200, res.get_json()
     return res
@@ -265,12 +261,6 @@ def test_forward_pass(client, auth):
 def test_forward_pass_validation(client, auth, body, needle):
     res = client.post("/forward-pass", json=body, headers=auth)
     assert res.status_code == 422 and needle in res.get_json()["error"]
-
-
-def test_metrics_count_requests(client, auth):
-    client.post("/forward-pass", json={"prompt": PROMPT}, headers=auth)
-    text = client.get("/metrics").data.decode()
-    assert 'npg_requests_total{endpoint="/forward-pass",status="200"}' in text
 
 
 def test_concurrent_requests_one_runs_one_is_refused(app, auth, hold):

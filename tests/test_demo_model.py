@@ -63,15 +63,9 @@ def probe_io(model, tokenizer, corpus):
 
 
 @pytest.fixture(scope="module")
-def replacement_model():
-    from circuit_tracer import ReplacementModel
-    from circuit_tracer.utils.hf_utils import load_transcoders
-
-    device, dtype = torch.device("cpu"), torch.float32
-    loaded = load_transcoders(transcoder_config(), device, dtype)
-    return ReplacementModel.from_pretrained_and_transcoders(
-        str(MODEL_DIR), loaded, backend="nnsight", device=device, dtype=dtype
-    )
+def replacement_model(demo_loaded):
+    """The committed model and transcoders in circuit-tracer, loaded once for the session."""
+    return demo_loaded.model
 
 
 def test_paths_and_layout():

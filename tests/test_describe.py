@@ -8,15 +8,13 @@ TRANSCODER_SET_TO_SOURCE_URL_ARRAYS in apps/graph/neuronpedia_graph/server.py.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from neuronpedia_graph import demo
 from neuronpedia_graph.models.describe import describe
+from tests.helpers import run_cli, run_python
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,14 +149,6 @@ def test_local_transcoder_directory():
     assert (out["scan"], out["source_urls"]) == ("demo", [])
 
 
-def _run(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("SECRET", "MODEL_ID")}
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=60, env=env, cwd=REPO
-    )
-
-
 def test_cli_prints_one_json_object_without_loading_torch_or_the_hub():
     """No weights and no network: neither torch nor huggingface_hub is even imported."""
     code = (
@@ -167,7 +157,7 @@ def test_cli_prints_one_json_object_without_loading_torch_or_the_hub():
         "heavy = [m for m in ('torch', 'huggingface_hub', 'circuit_tracer') if m in sys.modules]; "
         "print('heavy', heavy, file=sys.stderr); sys.exit(rc)"
     )
-    result = _run("-c", code)
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr
     assert "heavy []" in result.stderr
     lines = result.stdout.strip().splitlines()
@@ -176,9 +166,9 @@ def test_cli_prints_one_json_object_without_loading_torch_or_the_hub():
 
 
 def test_cli_describe_needs_no_secret_and_reports_errors_on_one_line():
-    ok = _run("-m", "neuronpedia_graph", "describe", "meta-llama/Llama-3.2-1B", "--env-file", "/x")
+    ok = run_cli("describe", "meta-llama/Llama-3.2-1B", "--env-file", "/x")
     assert ok.returncode == 0 and json.loads(ok.stdout)["scan"] == "llama-3-131k-relu"
-    bad = _run("-m", "neuronpedia_graph", "describe", "gpt2", "--env-file", "/x")
+    bad = run_cli("describe", "gpt2", "--env-file", "/x")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("error: No transcoder set is known for model 'gpt2'")
     assert len(bad.stderr.strip().splitlines()) == 1

@@ -9,37 +9,23 @@ from __future__ import annotations
 import gzip
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import orjson
 import pytest
 import requests
 
+from tests import conftest
 from tests.conftest import SECRET, Api
-from tests.conftest import graph_body as base_body
 from tests.fault_targets import closed_port_url, flaky_target, hanging_target
+from tests.helpers import assert_still_serving, without_create_time
 
-AUTH = {"x-secret-key": SECRET}
-PROMPT = "The city of Paris is in"
-
-
-def graph_body(**overrides):
-    return base_body(**{"slug_identifier": "e2e", **overrides})
+graph_body = partial(conftest.graph_body, slug_identifier="e2e")
 
 
 def post(live_server, path, body, timeout=120, **kwargs):
     return Api(live_server).post(path, body, timeout=timeout, **kwargs)
-
-
-def comparable(doc: dict) -> dict:
-    """Two runs of the same request differ only in their creation time."""
-    doc["metadata"]["info"].pop("create_time_ms")
-    return doc
-
-
-def assert_serves(live_server):
-    res = post(live_server, "/forward-pass", {"prompt": "1 2 3"})
-    assert res.status_code == 200, res.text
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +34,7 @@ def direct_doc(live_server):
     assert res.status_code == 200, res.text
     assert res.headers["Content-Type"].startswith("application/json")
     assert "attribute;dur=" in res.headers["Server-Timing"]
-    return comparable(orjson.loads(res.content))
+    return without_create_time(orjson.loads(res.content))
 
 
 def test_health_over_http(live_server):
@@ -87,7 +73,7 @@ def test_upload_to_real_s3_matches_direct_mode(live_server, s3, direct_doc, comp
         raw = gzip.decompress(raw)
     else:
         assert not stored.get("ContentEncoding")
-    assert comparable(orjson.loads(raw)) == direct_doc
+    assert without_create_time(orjson.loads(raw)) == direct_doc
 
 
 def test_tampered_url_gives_502_and_keeps_the_graph(live_server, s3, tmp_path):
@@ -102,7 +88,7 @@ def test_tampered_url_gives_502_and_keeps_the_graph(live_server, s3, tmp_path):
     assert "SignatureDoesNotMatch" in body["error"] or "AccessDenied" in body["error"]
     spool = Path(live_server.log_path).parent / "spool" / body["spool_file"]
     assert spool.is_file() and orjson.loads(spool.read_bytes())["metadata"]["slug"] == "tampered"
-    assert_serves(live_server)
+    assert_still_serving(live_server)
 
 
 def test_expired_url_gives_422_before_any_work(live_server, s3):
@@ -111,7 +97,7 @@ def test_expired_url_gives_422_before_any_work(live_server, s3):
     res = post(live_server, "/generate-graph", graph_body(signed_url=url, compress=True))
     assert res.status_code == 422 and "the presigned URL expired at" in res.json()["error"]
     assert "spool_file" not in res.json()
-    assert_serves(live_server)
+    assert_still_serving(live_server)
 
 
 def test_flaky_target_succeeds_after_retries(live_server):
@@ -134,13 +120,13 @@ def test_hanging_target_gives_502_within_timeout(live_server):
         # hang on this target forever (its read timeout here is 2 s).
         res = post(live_server, "/generate-graph", graph_body(signed_url=target.url), timeout=90)
     assert res.status_code == 502 and "timed out" in res.json()["error"]
-    assert_serves(live_server)
+    assert_still_serving(live_server)
 
 
 def test_unreachable_target_gives_502(live_server):
     res = post(live_server, "/generate-graph", graph_body(signed_url=closed_port_url()))
     assert res.status_code == 502 and "spool_file" in res.json()
-    assert_serves(live_server)
+    assert_still_serving(live_server)
 
 
 def test_concurrent_graphs_one_busy_and_check_busy_answers(live_server):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.conftest import SECRET, graph_body
-
-AUTH = {"x-secret-key": SECRET}
+from tests.conftest import AUTH, SECRET, graph_body
+from tests.helpers import assert_still_serving
 
 
 @pytest.fixture
@@ -27,10 +26,6 @@ def limited_client(demo_loaded, demo_settings):
     return make
 
 
-def assert_serves(client) -> None:
-    assert client.post("/forward-pass", json={"prompt": "1 2 3"}, headers=AUTH).status_code == 200
-
-
 def test_too_many_links_is_413_naming_limit_size_and_thresholds(limited_client):
     client = limited_client(max_graph_links=10)
     res = client.post("/generate-graph", json=graph_body(), headers=AUTH)
@@ -40,7 +35,7 @@ def test_too_many_links_is_413_naming_limit_size_and_thresholds(limited_client):
     for needle in ("MAX_GRAPH_LINKS=10", f"{body['links']} links", "node_threshold=0.8"):
         assert needle in body["error"]
     assert "edge_threshold=0.98" in body["error"]
-    assert_serves(client)
+    assert_still_serving(client)
 
 
 def test_link_cap_applies_to_uploads_too(limited_client, s3):
@@ -48,7 +43,7 @@ def test_link_cap_applies_to_uploads_too(limited_client, s3):
     url = s3.presign_put("limits/too-many-links.json")
     res = client.post("/generate-graph", json=graph_body(signed_url=url), headers=AUTH)
     assert res.status_code == 413 and "MAX_GRAPH_LINKS" in res.get_json()["error"]
-    assert_serves(client)
+    assert_still_serving(client)
 
 
 def test_direct_reply_over_the_byte_cap_is_413_before_serializing(limited_client):
@@ -58,7 +53,7 @@ def test_direct_reply_over_the_byte_cap_is_413_before_serializing(limited_client
     body = res.get_json()
     assert "MAX_GRAPH_BYTES=1000" in body["error"] and "signed_url" in body["error"]
     assert "at least" in body["error"]  # refused from the link count, before any JSON exists
-    assert_serves(client)
+    assert_still_serving(client)
 
 
 def test_byte_cap_measured_exactly_once_written(limited_client, client):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from testkit.hubcache import build, revision_for
+from tests.helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 NPZ_REPO = "models--google--gemma-scope-2b-pt-transcoders"
@@ -88,15 +89,16 @@ def test_offline_with_a_missing_file_is_one_clear_error(hub_cache, monkeypatch):
 
 
 def _cli(home: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_CACHE")}
-    env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", SECRET="x")
-    return subprocess.run(
-        [sys.executable, "-m", "neuronpedia_graph", *args, "--env-file", str(cwd / "none.env")],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    """The real CLI against the fabricated cache `home`, offline, with no token or .env."""
+    env = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "SECRET": "x"}
+    return run_cli(
+        *args,
+        "--env-file",
+        str(cwd / "none.env"),
         env=env,
+        unset=("HF_TOKEN", "HF_HUB_CACHE"),
         cwd=cwd,
+        timeout=300,
     )
 
 

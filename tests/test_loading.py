@@ -7,10 +7,7 @@ HF_TOKEN is set.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from neuronpedia_graph import demo
 from neuronpedia_graph.models.loading import load_model, resolve_dtype
 from neuronpedia_graph.models.spec import ModelLoadError, explain_hub_error, preflight, resolve_spec
 from neuronpedia_graph.settings import Settings
+from tests.helpers import run_cli, run_python
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,36 +144,18 @@ def test_demo_loads_from_a_custom_local_directory_copy(tmp_path):
     assert ids[0].item() == loaded.tokenizer.bos_token_id != 0
 
 
-def _cli(*args: str, env_extra: dict[str, str] | None = None, cwd: Path | None = None):
-    env = {k: v for k, v in os.environ.items() if k not in ("SECRET", "HF_TOKEN")}
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=cwd or REPO,
-    )
+SECRET_X = {"SECRET": "x"}
 
 
 def test_cli_refuses_to_start_without_secret(tmp_path):
-    result = _cli(
-        "-m", "neuronpedia_graph", "demo", "--env-file", str(tmp_path / "none.env"), cwd=tmp_path
-    )
+    result = run_cli("demo", "--env-file", str(tmp_path / "none.env"), cwd=tmp_path)
     assert result.returncode == 2
     assert "SECRET is not set" in result.stderr
 
 
 def test_cli_offline_hub_model_exits_with_one_line(tmp_path):
-    result = _cli(
-        "-m",
-        "neuronpedia_graph",
-        "google/gemma-2-2b",
-        "--env-file",
-        str(tmp_path / "none.env"),
-        env_extra={"SECRET": "x"},
-        cwd=tmp_path,
+    result = run_cli(
+        "google/gemma-2-2b", "--env-file", str(tmp_path / "none.env"), env=SECRET_X, cwd=tmp_path
     )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
@@ -183,16 +163,16 @@ def test_cli_offline_hub_model_exits_with_one_line(tmp_path):
 
 
 def test_seed_entry_point_still_works(tmp_path):
-    result = _cli(
+    result = run_python(
         "neuronpedia_graph/server.py",
         "gpt2",
         "--env-file",
         str(tmp_path / "none.env"),
-        env_extra={"SECRET": "x"},
+        env=SECRET_X,
     )
     assert result.returncode == 2
     assert "No transcoder set is known for model 'gpt2'" in result.stderr
-    help_text = _cli("neuronpedia_graph/server.py", "--help").stdout
+    help_text = run_python("neuronpedia_graph/server.py", "--help").stdout
     assert "--transcoder-set" in help_text and "--port" in help_text
 
 
@@ -201,15 +181,13 @@ def test_transcoder_dir_with_missing_layer_files_fails_before_serving(tmp_path):
     spec = resolve_spec(Settings(model_id="demo", transcoder_set=str(tmp_path)))
     with pytest.raises(ModelLoadError, match=r"Transcoder file\(s\) missing: .*layer_0"):
         preflight(spec)
-    result = _cli(
-        "-m",
-        "neuronpedia_graph",
+    result = run_cli(
         "demo",
         "--transcoder-set",
         str(tmp_path),
         "--env-file",
         str(tmp_path / "none.env"),
-        env_extra={"SECRET": "x"},
+        env=SECRET_X,
         cwd=tmp_path,
     )
     assert result.returncode == 2 and "Transcoder file(s) missing" in result.stderr

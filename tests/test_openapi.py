@@ -17,9 +17,19 @@ from schemathesis.checks import positive_data_acceptance
 from neuronpedia_graph.api.openapi import build_openapi, render
 from neuronpedia_graph.operations import OPERATIONS
 from neuronpedia_graph.schemas import parse_request
-from tests.conftest import REPO, SECRET, LiveServer, start_server
+from tests.conftest import AUTH, REPO, SECRET, LiveServer, start_server
 
 COMMITTED = REPO / "openapi.json"
+# Written out, not read from the operations table the document is generated from: what the
+# README's error table promises each POST can answer.
+DOCUMENTED_STATUSES = {
+    "/generate-graph": {200, 400, 401, 403, 413, 422, 502, 503},
+    "/forward-pass": {200, 400, 401, 403, 413, 422, 503},
+    "/steer": {200, 400, 401, 403, 413, 422, 503},
+    "/parse-chat-prompt": {200, 400, 401, 403, 413, 422},
+    # docs/jobs.md: queued at once (202), or refused before queueing, or the queue is full (503).
+    "/graphs": {202, 400, 401, 403, 413, 422, 503},
+}
 # Generated cases per operation and mode (valid and invalid): 240 per endpoint in all.
 FUZZ_EXAMPLES = 120
 
@@ -29,9 +39,9 @@ def test_committed_document_matches_the_code():
     assert json.loads(COMMITTED.read_text()) == json.loads(render())
 
 
-def test_served_document_is_the_generated_one(client):
+def test_served_document_is_the_committed_one(client):
     res = client.get("/openapi.json")
-    assert res.status_code == 200 and res.get_json() == build_openapi()
+    assert res.status_code == 200 and res.get_json() == json.loads(COMMITTED.read_text())
 
 
 def test_every_operation_status_and_the_auth_header_are_documented():
@@ -39,9 +49,12 @@ def test_every_operation_status_and_the_auth_header_are_documented():
     assert doc["openapi"].startswith("3.1")
     scheme = doc["components"]["securitySchemes"]["secretKey"]
     assert scheme == {"type": "apiKey", "in": "header", "name": "x-secret-key"}
-    for op in OPERATIONS:
-        post = doc["paths"][op.path]["post"]
-        assert sorted(post["responses"]) == sorted(str(s) for s in op.statuses)
+    assert {path for path, item in doc["paths"].items() if "post" in item} == set(
+        DOCUMENTED_STATUSES
+    )
+    for path, statuses in DOCUMENTED_STATUSES.items():
+        post = doc["paths"][path]["post"]
+        assert sorted(post["responses"]) == sorted(str(s) for s in statuses)
         assert post["security"] == [{"secretKey": []}]
         assert post["responses"]["401"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorResponse"
@@ -92,7 +105,7 @@ def test_fuzzed_requests_never_fail_the_server_or_the_contract(fuzz_server, labe
     schema = schemathesis.openapi.from_dict(build_openapi())
     schema.config.update(base_url=fuzz_server.base)
     operation = next(r.ok() for r in schema.get_all_operations() if r.ok().label == label)
-    calls: list[int] = []
+    statuses: list[int] = []
 
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
     @hypothesis.settings(
@@ -103,11 +116,17 @@ def test_fuzzed_requests_never_fail_the_server_or_the_contract(fuzz_server, labe
         database=None,
     )
     def check(case: schemathesis.Case) -> None:
-        case.call_and_validate(
-            headers={"x-secret-key": SECRET}, timeout=60, excluded_checks=[positive_data_acceptance]
+        response = case.call_and_validate(
+            headers=AUTH, timeout=60, excluded_checks=[positive_data_acceptance]
         )
-        calls.append(1)
+        statuses.append(response.status_code)
 
     check()
     # Hypothesis really generated cases (a GET without parameters has only one).
-    assert len(calls) >= (50 if label.startswith("POST") else 1)
+    assert len(statuses) >= (50 if label.startswith("POST") else 1)
+    method, path = label.split(" ", 1)
+    # What the server really answered is among what the README promises (the document's own
+    # list is checked by call_and_validate; this one is written out above).
+    assert set(statuses) <= (DOCUMENTED_STATUSES[path] if method == "POST" else {200})
+    if mode is schemathesis.GenerationMode.NEGATIVE:
+        assert set(statuses) & {400, 422}, "invalid requests were refused as bad input"

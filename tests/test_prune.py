@@ -9,7 +9,7 @@ route for accelerators and for score sets too big to sort).
 
 from __future__ import annotations
 
-import re
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,19 +70,47 @@ def _check(
     The histogram route decides the edge cutoff with the correctly rounded total instead of
     circuit-tracer's float32 cascade sum, so the documented deviations are allowed there:
     the same nodes and a kept edge score mass within 1e-6; or, at an edge threshold of 1.0,
-    where circuit-tracer's last fraction lands just under or at 1.0 depending on that sum's
-    last bit, one of the two keeps every cell of the mask (zero scores included)."""
+    where circuit-tracer's last fraction lands just under 1.0 (every cell kept, zero scores
+    included) or at 1.0 (positive scores only) depending on that sum's last bit, the other of
+    the two choices: then the result must equal circuit-tracer's under that choice, node masks
+    and scores included (which nodes dangle follows from the choice)."""
     ours, reference = _both(graph, node_threshold, edge_threshold)
     if route == "histogram" and not torch.equal(ours.edge_mask, reference.edge_mask):
         if edge_threshold == 1.0 and bool(ours.edge_mask.all()) != bool(reference.edge_mask.all()):
-            return ours, reference
-        scores = _edge_scores(graph, node_threshold)
-        kept_ours = float(scores[ours.edge_mask].double().sum())
-        kept_theirs = float(scores[reference.edge_mask].double().sum())
-        assert abs(kept_ours - kept_theirs) < 1e-6 * kept_theirs
-        ours = ours._replace(edge_mask=reference.edge_mask)
+            reference = _reference_under_the_other_choice(graph, node_threshold)
+        else:
+            scores = _edge_scores(graph, node_threshold)
+            kept_ours = float(scores[ours.edge_mask].double().sum())
+            kept_theirs = float(scores[reference.edge_mask].double().sum())
+            assert abs(kept_ours - kept_theirs) < 1e-6 * kept_theirs
+            ours = ours._replace(edge_mask=reference.edge_mask)
     _assert_same(ours, reference)
     return ours, reference
+
+
+def _reference_under_the_other_choice(graph: Graph, node_threshold: float) -> PruneResult:
+    """circuit-tracer's prune_graph at an edge threshold of 1.0 with the other outcome of its
+    float32 total's last bit: every cell kept where it kept positive scores only, and the
+    reverse. Its node-sized threshold call is left as it is."""
+    import circuit_tracer.graph as ct_graph
+
+    original = ct_graph.find_threshold
+    n_cells = graph.adjacency_matrix.numel()
+
+    def other_choice(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+        value = original(scores, threshold)
+        if scores.numel() != n_cells:
+            return value
+        assert threshold == 1.0
+        if value > 0:  # positive scores only -> every cell
+            return torch.zeros_like(value)
+        return scores[scores > 0].min()  # every cell -> positive scores only
+
+    ct_graph.find_threshold = other_choice
+    try:
+        return reference_prune(graph, node_threshold, 1.0)
+    finally:
+        ct_graph.find_threshold = original
 
 
 def _edge_scores(graph: Graph, node_threshold: float) -> torch.Tensor:
@@ -341,17 +369,24 @@ def test_chunked_cumulative_fraction_matches_torch(monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize("prompt", ["The city of Paris is in", "1 2 3 4 5 6", "3 plus 4 equals"])
 def test_the_server_gives_the_same_document_under_either_prune_setting(
-    prompt, demo_loaded, demo_settings
+    prompt, demo_loaded, demo_settings, caplog
 ):
-    """PRUNE=lean (the default) and PRUNE=circuit-tracer: byte-identical graphs over the API."""
+    """PRUNE=lean (the default) and PRUNE=circuit-tracer: byte-identical graphs over the API,
+    each through the implementation it names (the per-graph log line says which code ran)."""
     from neuronpedia_graph.operations import BY_NAME
     from neuronpedia_graph.service import GraphService
     from tests.conftest import graph_body
+    from tests.helpers import without_create_time
 
+    ran_by_setting = {"lean": "neuronpedia_graph.prune", "circuit-tracer": "circuit_tracer.graph"}
     docs = []
-    for setting in ("lean", "circuit-tracer"):
+    for setting, module in ran_by_setting.items():
         service = GraphService(demo_loaded, demo_settings.model_copy(update={"prune": setting}))
-        outcome = service.run(BY_NAME["generate-graph"], graph_body(prompt=prompt))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="neuronpedia_graph.service"):
+            outcome = service.run(BY_NAME["generate-graph"], graph_body(prompt=prompt))
         assert "prune" in outcome.timings.phases
-        docs.append(re.sub(rb'"create_time_ms":\d+', b"", outcome.value.document))
+        (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("graph ")]
+        assert f" prune={module} " in line, line
+        docs.append(without_create_time(outcome.value.document))
     assert docs[0] == docs[1]

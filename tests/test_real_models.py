@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,9 +22,9 @@ import requests
 
 from testkit.hubcache import PAIRS, Pair, build
 from testkit.live import LiveServer, free_port, server_command, server_settings, start_process
-from tests.conftest import SECRET
+from tests.conftest import AUTH, SECRET
+from tests.helpers import run_cli
 
-AUTH = {"x-secret-key": SECRET}
 PROMPT = "The city of Paris is in"
 
 # Written out, not read from presets.py: these are the contract with the web app.
@@ -51,6 +49,18 @@ SOURCE_URLS = {
     ],
 }
 
+
+# Written out too: the Neuronpedia source set whose feature dashboards each set's nodes link to
+# (`metadata.feature_details.neuronpedia_source_set`; none for the Llama set).
+SOURCE_SETS = {
+    "gemma": "gemmascope-transcoder-16k",
+    "llama": None,
+    "clt": "clt-hp",
+    "qwen": "transcoder-hp",
+    "gemma3": "gemmascope-transcoder-262k",
+}
+# The pairs whose model refuses a prompt without its chat turn (gemma-3-it).
+INSTRUCT = [key for key, pair in PAIRS.items() if pair.chat_prompt_prefix]
 
 # (layer, index, position) of a feature from each pair's graph, for the steering test.
 served_features: dict[str, tuple[int, int, int]] = {}
@@ -144,6 +154,8 @@ def test_graph_matches_the_web_app_schema_and_scan(served, graph_schema):
     meta = doc["metadata"]
     assert meta["scan"] == pair.scan
     assert meta["info"]["source_urls"] == SOURCE_URLS[pair.key]
+    source_set = meta.get("feature_details", {}).get("neuronpedia_source_set")
+    assert source_set == SOURCE_SETS[pair.key]
     assert any(n["feature_type"] == "cross layer transcoder" for n in doc["nodes"])
     assert any(n["is_target_logit"] for n in doc["nodes"])
     # A feature from this graph drives the steering test below.
@@ -203,11 +215,11 @@ def test_chat_messages(served):
     assert _post(server, "/forward-pass", {"prompt": _prompt(pair)}).status_code == 200
 
 
+@pytest.mark.parametrize("served", INSTRUCT, indirect=True)
 def test_instruct_model_refuses_plain_prompts_with_400(served):
     """gemma-3-it: circuit-tracer asserts on prompts without the user turn (was a 500)."""
     pair, server = served
-    if not pair.chat_prompt_prefix:
-        pytest.skip("only instruct models need a chat-shaped prompt")
+    assert INSTRUCT and pair.chat_prompt_prefix
     plain = {"prompt": PROMPT, "model_id": pair.model_id}
     feature = {"layer": 0, "index": 0, "token_active_position": 1, "steer_position": 1}
     for path, body in (
@@ -224,20 +236,14 @@ def test_instruct_model_refuses_plain_prompts_with_400(served):
 @pytest.mark.parametrize("key", list(PAIRS))
 def test_describe_in_the_same_environment(hub_home, key):
     pair = PAIRS[key]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "neuronpedia_graph",
-            "describe",
-            *_cli_args(pair),
-            "--env-file",
-            "/nonexistent",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_cli(
+        "describe",
+        *_cli_args(pair),
+        "--env-file",
+        "/nonexistent",
         env=_env(hub_home),
+        inherit=False,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)

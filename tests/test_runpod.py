@@ -27,18 +27,18 @@ import requests
 
 from testkit.live import start_process, stop, wait_until_ready
 from tests.conftest import (
+    AUTH,
     LOCAL_UPLOAD_HOSTS,
     REPO,
-    SECRET,
     LiveServer,
     free_port,
     graph_body,
     steer_body,
 )
 from tests.fault_targets import closed_port_url
+from tests.helpers import without_create_time
 
 HANDLER_PATH = REPO / "runpod" / "handler.py"
-AUTH = {"x-secret-key": SECRET}
 PROMPT = "The city of Paris is in"
 
 
@@ -64,12 +64,6 @@ def handler(worker, service):
 
 def job(**job_input: Any) -> dict[str, Any]:
     return {"id": "job-1", "input": job_input}
-
-
-def without_create_time(doc: dict) -> dict:
-    """Two runs of the same graph request differ only in their creation time."""
-    doc["metadata"]["info"].pop("create_time_ms")
-    return doc
 
 
 def assert_failed(output: dict, status: int) -> str:

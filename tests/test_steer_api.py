@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from neuronpedia_graph import demo
-from tests.conftest import STEER_FEATURE, steer_body
+from tests.conftest import AUTH, STEER_FEATURE, steer_body
+from tests.helpers import strongest_feature_into_target
 
 PARIS = "The city of Paris is in"
 ROME = "The city of Rome is in"
@@ -29,23 +30,9 @@ def france_feature(app) -> tuple[int, int, int]:
     res = app.test_client().post(
         "/generate-graph",
         json={"prompt": PARIS, "model_id": "demo", "slug_identifier": "steer-src"},
-        headers={"x-secret-key": "test-secret-0123456789"},
+        headers=AUTH,
     )
-    doc = orjson.loads(res.data)
-    target = next(n["node_id"] for n in doc["nodes"] if n["is_target_logit"])
-    feature_ids = {
-        n["node_id"] for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder"
-    }
-    best = max(
-        (
-            link
-            for link in doc["links"]
-            if link["target"] == target and link["source"] in feature_ids
-        ),
-        key=lambda link: link["weight"],
-    )
-    layer, index, pos = map(int, best["source"].split("_"))
-    return layer, index, pos
+    return strongest_feature_into_target(orjson.loads(res.data))
 
 
 def test_ablating_the_france_feature_lowers_france(client, auth, france_feature):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 import torch
 from pydantic import ValidationError
@@ -28,20 +29,10 @@ VALID = {"layer": 0, "index": 0, "token_active_position": 1, "steer_position": 1
 
 
 @pytest.fixture(scope="module")
-def model():
-    """The demo model and transcoders, loaded with circuit-tracer directly."""
-    from circuit_tracer import ReplacementModel
-    from circuit_tracer.utils.hf_utils import load_transcoders
-
-    from neuronpedia_graph.demo import MODEL_DIR, transcoder_config
-
-    cpu = torch.device("cpu")
-    transcoders = load_transcoders(transcoder_config(), cpu, torch.float32)
-    loaded = ReplacementModel.from_pretrained_and_transcoders(
-        str(MODEL_DIR), transcoders, backend="nnsight", device=cpu, dtype=torch.float32
-    )
-    CONTEXT.append(context_for(loaded))
-    return loaded
+def model(demo_loaded):
+    """The demo model and transcoders, as the server loads them (once per session)."""
+    CONTEXT.append(context_for(demo_loaded.model))
+    return demo_loaded.model
 
 
 # steer() trusts requests validated with the server's context; `request` builds them so.
@@ -61,26 +52,26 @@ def context_for(model) -> RequestContext:
     )
 
 
-def top_direct_feature(model, prompt: str, token: str) -> tuple[int, int, int]:
-    """(layer, position, index) of the feature with the largest direct effect on `token`'s logit."""
-    from circuit_tracer import attribute
+def top_direct_feature(service, prompt: str) -> tuple[int, int, int]:
+    """(layer, position, index) of the feature with the largest direct effect on the top
+    logit of `prompt`'s graph, as the server builds it."""
+    from neuronpedia_graph.operations import BY_NAME
+    from tests.conftest import graph_body
+    from tests.helpers import strongest_feature_into_target
 
-    graph = attribute(prompt, model, attribution_targets=[token], batch_size=64)
-    n_features = len(graph.selected_features)
-    direct_effects = graph.adjacency_matrix[-1, :n_features]  # the only logit node's row
-    best = int(direct_effects.argmax())
-    layer, position, index = graph.active_features[graph.selected_features[best]].tolist()
+    outcome = service.run(BY_NAME["generate-graph"], graph_body(prompt=prompt))
+    layer, index, position = strongest_feature_into_target(orjson.loads(outcome.value.document))
     return layer, position, index
 
 
 @pytest.fixture(scope="module")
-def france_feature(model) -> tuple[int, int, int]:
-    return top_direct_feature(model, PARIS, " France")
+def france_feature(service) -> tuple[int, int, int]:
+    return top_direct_feature(service, PARIS)
 
 
 @pytest.fixture(scope="module")
-def say_7_feature(model) -> tuple[int, int, int]:
-    return top_direct_feature(model, COUNT_TO_6, " 7")
+def say_7_feature(service) -> tuple[int, int, int]:
+    return top_direct_feature(service, COUNT_TO_6)
 
 
 def request(prompt: str = PARIS, **fields) -> SteerRequest:
@@ -397,16 +388,23 @@ def test_each_rule_names_the_offending_feature(model, change, message) -> None:
         request(features=[VALID, bad])
 
 
-def test_valid_features_pass_and_are_all_applied(model) -> None:
-    last = last_position(model, PARIS)
+def test_valid_features_pass_and_are_all_applied(model, france_feature) -> None:
+    """Three valid features of three kinds: none is ignored, and each one is applied: the
+    steered run differs from the same request without it, while the default run does not."""
     generated = {**VALID, "steer_position": None, "steer_generated_tokens": True}
-    ablated = {**VALID, "delta": None, "ablate": True, "steer_position": last}
-    req = request(features=[VALID, generated, ablated])
+    # Ablating changes the run only where the feature is active: the France feature, where
+    # the graph found it.
+    ablated = steer_at(france_feature, france_feature[1], delta=None, ablate=True)
+    features = [VALID, generated, ablated]
 
-    reply = steer(model, req)
+    reply = steer(model, request(features=features))
 
-    assert len(req.features) == 3 and reply.ignored_features == []
-    assert len(reply.STEERED_LOGITS_BY_TOKEN) == len(reply.DEFAULT_LOGITS_BY_TOKEN) >= last + 2
+    assert reply.ignored_features == []
+    assert len(reply.STEERED_LOGITS_BY_TOKEN) == len(reply.DEFAULT_LOGITS_BY_TOKEN)
+    for i, feature in enumerate(features):
+        without = steer(model, request(features=features[:i] + features[i + 1 :]))
+        assert without.DEFAULT_LOGITS_BY_TOKEN == reply.DEFAULT_LOGITS_BY_TOKEN
+        assert without.STEERED_LOGITS_BY_TOKEN != reply.STEERED_LOGITS_BY_TOKEN, feature
 
 
 def test_request_bounds() -> None:

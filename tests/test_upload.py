@@ -210,10 +210,13 @@ def test_hanging_target_fails_within_the_read_timeout_without_retry() -> None:
             put(target.url, GRAPH, compressed=False, policy=policy)
         elapsed = time.monotonic() - started
 
-    assert elapsed < 3.0
+    # The target never answers, so only the 1 s read timeout can end the call: the exact
+    # message and the single attempt prove it. The bound is a generous guard (no retry after
+    # the timeout, no timeout reset by the body's transfer), not a timing.
+    assert elapsed < 30
     assert info.value.status is None
     assert info.value.attempts == 1
-    assert "timed out" in info.value.detail
+    assert info.value.detail.startswith("timed out after 1s waiting for a response")
     assert [len(r.body) for r in target.requests] == [len(GRAPH)]
 
 

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -20,11 +21,10 @@ import pytest
 import requests
 
 from testkit import live
+from tests import conftest
 from tests.conftest import LOCAL_UPLOAD_HOSTS, SECRET, Api, LiveServer
-from tests.conftest import graph_body as base_body
 from tests.fault_targets import flaky_target, gated_target
 
-AUTH = {"x-secret-key": SECRET}
 # No answer from /health within this long means a starved server: the uploads it waits behind
 # hang for 120 s. A healthy server answers in milliseconds, even on a loaded CI machine.
 HANG_GUARD_S = 5
@@ -45,8 +45,7 @@ def start_server(workdir: Path, **env: str) -> Iterator[LiveServer]:
         yield server
 
 
-def graph_body(**overrides) -> dict:
-    return base_body(**{"slug_identifier": "slow", **overrides})
+graph_body = partial(conftest.graph_body, slug_identifier="slow")
 
 
 def post(server: LiveServer, path: str, body: dict, timeout: float = 180) -> requests.Response:

@@ -26,6 +26,7 @@ import requests
 
 from testkit.browser import launch_chromium, synthetic_graph_document
 from tests.conftest import REPO, SECRET
+from tests.helpers import strongest_feature_into_target
 
 PARIS = "The city of Paris is in"
 ROME = "The city of Rome is in"
@@ -173,14 +174,8 @@ def drawn_edges(page: Any) -> tuple[int, int]:
 
 
 def france_feature(doc: dict[str, Any]) -> str:
-    """The feature node with the strongest direct edge into the target (" France") logit."""
-    target = next(n["node_id"] for n in doc["nodes"] if n["is_target_logit"])
-    features = {n["node_id"] for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder"}
-    best = max(
-        (lk for lk in doc["links"] if lk["target"] == target and lk["source"] in features),
-        key=lambda lk: lk["weight"],
-    )
-    return best["source"]
+    """The node id of the feature with the strongest direct edge into " France" (the target)."""
+    return "_".join(map(str, strongest_feature_into_target(doc)))
 
 
 # ----------------------------------------------------------------------------- serving

@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from neuronpedia_graph.api.auth import require_secret
 from neuronpedia_graph.api.responses import json_response
 from neuronpedia_graph.errors import InvalidField
-from neuronpedia_graph.jobs.models import FINISHED, ID_PATTERN, JobCreated
+from neuronpedia_graph.jobs.models import FINISHED, ID_PATTERN, MAX_OFFSET, MAX_PAGE, JobCreated
 from neuronpedia_graph.schemas import GraphRequest, parse_request
 from neuronpedia_graph.serving.stream_handoff import ENVIRON_KEY, Handoff, supported
 
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from neuronpedia_graph.jobs.runner import JobRunner
     from neuronpedia_graph.service import GraphService
 
-MAX_PAGE = 100
 _START_LOCK = threading.Lock()
 
 
@@ -100,7 +99,7 @@ def list_jobs() -> Response:
         return int(raw)
 
     limit = number("limit", 20, 1, MAX_PAGE)
-    offset = number("offset", 0, 0, 10**9)
+    offset = number("offset", 0, 0, MAX_OFFSET)
     return json_response(_runner().list(offset, limit))
 
 

@@ -7,7 +7,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from neuronpedia_graph.jobs.models import ID_PATTERN, JobCreated, JobList, JobView
+from neuronpedia_graph.jobs.models import (
+    ID_PATTERN,
+    MAX_OFFSET,
+    MAX_PAGE,
+    JobCreated,
+    JobList,
+    JobView,
+)
 from neuronpedia_graph.schemas import GraphRequest
 
 MODELS: tuple[type[BaseModel], ...] = (JobCreated, JobView, JobList)
@@ -111,12 +118,22 @@ def job_paths(
                     {
                         "name": "limit",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_PAGE,
+                            "default": 20,
+                        },
                     },
                     {
                         "name": "offset",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 0, "default": 0},
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": MAX_OFFSET,
+                            "default": 0,
+                        },
                     },
                 ],
             ),

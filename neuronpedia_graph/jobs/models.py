@@ -15,6 +15,9 @@ FINISHED: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 # secrets.token_urlsafe(18): 24 characters, 144 random bits. Nothing else is a job id, so an
 # id can never name a path outside the store.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{24}$")
+# Paging of GET /graphs: the most jobs one page lists, and the largest offset it may name.
+MAX_PAGE = 100
+MAX_OFFSET = 10**9
 
 
 class JobError(BaseModel):

@@ -6,7 +6,9 @@ target, so such a secret would end up in the log. This logger logs the path and
 replaces any query string by `?[redacted]`, for every method: none of our endpoints takes query
 parameters, so nothing useful is lost. The same applies to every format atom that could carry
 the query or a credential (`%(q)s`, `%(f)s` referer, `{raw_uri}e`, `{x-secret-key}i`, ...), so
-a custom `access_log_format` cannot bring it back.
+a custom `access_log_format` cannot bring it back. That includes `%(u)s`, which gunicorn's
+default line fills with the user name of an `Authorization: Basic` header: a client or proxy
+may put a token there.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class RedactingLogger(Logger):  # type: ignore[misc]
         atoms["r"] = f"{environ.get('REQUEST_METHOD')} {target} {environ.get('SERVER_PROTOCOL')}"
         if environ.get("QUERY_STRING"):
             atoms["q"] = REDACTED
+        if atoms.get("u") not in (None, "-"):
+            atoms["u"] = REDACTED
         if atoms.get("f") not in (None, "-"):
             atoms["f"] = _strip_query(str(atoms["f"]))
         for key in [k for k in atoms if k.startswith("{") and k[-2:] in ("}i", "}e")]:
