@@ -224,8 +224,8 @@ class AttributionStore:
                 with safe_open(path, framework="pt") as f:
                     if (f.metadata() or {}).get("key") == key:
                         return path.name.removesuffix(SUFFIX)
-            except (OSError, SafetensorError, ValueError):
-                continue
+            except (OSError, SafetensorError, ValueError) as exc:
+                self._drop(path, exc)  # truncated: it can never be read again
         return None
 
     def request(self, graph_id: str) -> dict[str, Any]:
