@@ -14,10 +14,12 @@ ever read back by a server with the same model and transcoders (the reuse key sa
 Every tensor's bytes are covered by a CRC-32 in the metadata: safetensors itself notices a
 truncated file but not a flipped byte, and a corrupt attribution must be refused, never pruned.
 
-The file also holds the request that produced it (never its `signed_url`) and its reuse key:
-the model, transcoders, prompt tokens and every attribution parameter, which is all that
-decides the adjacency. The store is capped at GRAPH_STORE_BYTES; the least recently used files
-(by modification time, refreshed on every read) go first.
+The file also holds its reuse key: the model, transcoders, prompt tokens and every attribution
+parameter, which is all that decides the adjacency. Beside it, `<id>.attr-request.json` holds
+the request of that id (never its `signed_url`): a reused graph is a hard link to the file it
+reuses, with a request of its own (its slug, user and thresholds). The store is capped at
+GRAPH_STORE_BYTES; the least recently used files (by modification time, refreshed on every
+read) go first.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from neuronpedia_graph.jobs.models import ID_PATTERN
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".attr.safetensors"
+REQUEST_SUFFIX = ".attr-request.json"
 FORMAT = "npg-attribution-1"
 # Request fields that do not change the attribution: thresholds (pruning) and delivery.
 NOT_IN_KEY = frozenset(
@@ -156,7 +159,6 @@ class AttributionStore:
         metadata = {
             **packed.metadata,
             "key": key,
-            "request": json.dumps(request),
             "crc32": _crc(tensors),
         }
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -170,13 +172,30 @@ class AttributionStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        self._write_request(graph_id, request)
         size = target.stat().st_size
         self.evict(keep=target)
         return size
 
-    def link(self, source_id: str, graph_id: str) -> None:
-        """Make `graph_id` name the same stored attribution as `source_id` (a reused graph)."""
+    def _write_request(self, graph_id: str, request: dict[str, Any]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-attr-")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(request, out)
+            os.replace(tmp, self.request_path(graph_id))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def request_path(self, graph_id: str) -> Path:
+        return self.path(graph_id).with_name(f"{graph_id}{REQUEST_SUFFIX}")
+
+    def link(self, source_id: str, graph_id: str, request: dict[str, Any]) -> None:
+        """Make `graph_id` name the same stored attribution as `source_id` (a reused graph),
+        with its own request."""
         source, target = self.path(source_id), self.path(graph_id)
+        self._write_request(graph_id, request)
         with contextlib.suppress(FileExistsError):
             os.link(source, target)
 
@@ -203,6 +222,7 @@ class AttributionStore:
                 with contextlib.suppress(OSError):
                     path.unlink()
                     removed.append(path.name.removesuffix(SUFFIX))
+                    path.with_name(removed[-1] + REQUEST_SUFFIX).unlink(missing_ok=True)
                     links[ino] -= 1
                     if links[ino] == 0:
                         total -= size
@@ -230,15 +250,16 @@ class AttributionStore:
 
     def request(self, graph_id: str) -> dict[str, Any]:
         """The stored request (without signed_url) of a graph."""
-        path = self.path(graph_id)
+        if not self.path(graph_id).exists():
+            raise StoredGraphNotFound()
         try:
-            with safe_open(path, framework="pt") as f:
-                return json.loads((f.metadata() or {})["request"])
-        except FileNotFoundError:
-            raise StoredGraphNotFound() from None
-        except (OSError, SafetensorError, ValueError, KeyError) as exc:
-            self._drop(path, exc)
-            raise StoredGraphUnreadable("bad header") from None
+            request = json.loads(self.request_path(graph_id).read_bytes())
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+            return request
+        except (OSError, ValueError) as exc:
+            self._drop(self.path(graph_id), exc)
+            raise StoredGraphUnreadable("its request is missing or unreadable") from None
 
     def load(self, graph_id: str, cfg: Any, scan: Any, device: torch.device) -> Graph:
         """The unpruned graph, rebuilt exactly; refuses a file that fails its checks."""
@@ -285,3 +306,5 @@ class AttributionStore:
         logger.warning("removing unreadable stored attribution %s: %s", path.name, why)
         with contextlib.suppress(OSError):
             path.unlink()
+        with contextlib.suppress(OSError):
+            path.with_name(path.name.removesuffix(SUFFIX) + REQUEST_SUFFIX).unlink()

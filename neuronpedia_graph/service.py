@@ -508,9 +508,9 @@ class GraphService:
         if staged.packed is None and staged.reused_from is None:
             return None
         try:
+            fields = request.model_dump(mode="json", exclude={"signed_url", "no_cache"})
             if staged.packed is not None:
                 with timings.phase("store"):
-                    fields = request.model_dump(mode="json", exclude={"signed_url", "no_cache"})
                     size = self.attributions.save(
                         staged.graph_id, staged.key, fields, staged.packed
                     )
@@ -521,7 +521,7 @@ class GraphService:
                     staged.packed.adjacency_bytes,
                 )
             elif staged.reused_from is not None and staged.reused_from != staged.graph_id:
-                self.attributions.link(staged.reused_from, staged.graph_id)
+                self.attributions.link(staged.reused_from, staged.graph_id, fields)
         except OSError as exc:
             logger.warning("could not store attribution %s: %s", staged.graph_id, exc)
             return None

@@ -107,6 +107,10 @@ def test_a_reused_graph_equals_a_recomputed_one(store_server):
     assert "reused" in state["timings"] and "attribute" not in state["timings"]
     doc = requests.get(store_server.url(f"/graphs/{job_id}/document"), headers=AUTH, timeout=60)
     assert without_time(doc.json())["nodes"] == without_time(recomputed.json())["nodes"]
+    # Re-pruned under the job's id: the job's own request (its slug), the shared attribution.
+    again = reprune(store_server, job_id, 0.6, 0.98).json()
+    assert again["metadata"]["slug"] == graph_body()["slug_identifier"]
+    assert again["nodes"] == doc.json()["nodes"]
 
 
 def test_a_stored_graph_is_uploaded_under_the_upload_policy(store_server, s3):

@@ -150,16 +150,20 @@ def job_document(job_id: str) -> Response:
         raise JobConflict(
             f"Job is {view.status}; its document exists once it is done", job_status=view.status
         )
+    body, uploaded = None, None
     if view is not None and node_threshold is None and edge_threshold is None:
         try:
             body = runner.document(job_id)
-        except JobConflict:  # uploaded: re-pruned from the store at its own thresholds
-            body = None
-    else:
-        body = None
+        except JobConflict as exc:  # uploaded: re-pruned from the store at its own thresholds
+            uploaded = exc
     if body is None:
+        from neuronpedia_graph.attribution_store import StoredGraphNotFound
+
         timings = Timings()
-        staged = service.stored_document(job_id, node_threshold, edge_threshold, timings)
+        try:
+            staged = service.stored_document(job_id, node_threshold, edge_threshold, timings)
+        except StoredGraphNotFound:
+            raise uploaded or StoredGraphNotFound() from None
         body = staged.body
         headers["Server-Timing"] = timings.server_timing()
     if request.accept_encodings.best_match(("gzip", "identity")) == "gzip":
