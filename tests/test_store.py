@@ -9,6 +9,7 @@ their own (its size cap is set per test).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 import requests
 
 from neuronpedia_graph.attribution_store import SUFFIX, AttributionStore, StoredGraphNotFound
+from testkit.hold import HoldControl
 from tests.conftest import LIVE_SETTINGS, SECRET, LiveServer, graph_body, start_server
 from tests.jobs_client import AUTH, final_state, submit, without_time
 
@@ -31,7 +33,10 @@ def store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
         "GRAPH_STORE_DIR": str(workdir / "store"),
         "GRAPH_STORE_BYTES": str(1 << 30),
     }
-    with start_server(workdir, settings, secret=SECRET) as server:
+    with (
+        HoldControl() as control,
+        start_server(workdir, settings, secret=SECRET, hold=control) as server,
+    ):
         yield server
 
 
@@ -71,6 +76,25 @@ def test_re_pruned_job_documents_at_two_threshold_pairs_equal_fresh_graphs(store
         document = without_time(res.json())
         assert document == without_time(fresh.json())
         assert document["metadata"]["node_threshold"] == nt
+
+
+def test_re_pruning_needs_no_model_lock(store_server):
+    graph_id = generate(store_server, prompt="1 2 3 4 5 6 7").headers["X-Graph-Id"]
+    control = store_server.hold
+    assert control is not None
+    results: list[requests.Response] = []
+    with control.hold("generate-graph") as held:
+        worker = threading.Thread(
+            target=lambda: results.append(generate(store_server, prompt="7 6 5", no_cache=True))
+        )
+        worker.start()
+        held.wait()  # the model is held by that graph now
+        busy = requests.get(store_server.url("/check-busy"), timeout=10).json()
+        assert busy["busy"] is True
+        res = reprune(store_server, graph_id, 0.5, 0.9)
+        assert res.status_code == 200, res.text
+    worker.join(timeout=120)
+    assert results and results[0].status_code == 200
 
 
 def test_a_synchronous_graph_is_stored_under_its_x_graph_id(store_server):
@@ -122,6 +146,14 @@ def test_a_stored_graph_is_uploaded_under_the_upload_policy(store_server, s3):
     stored = s3.client.get_object(Bucket=s3.bucket, Key="stored/paris.json")["Body"].read()
     expected = reprune(store_server, graph_id, 0.5, 0.98).json()
     assert without_time(json.loads(stored)) == without_time(expected)
+    # An uploaded job keeps no document, but its attribution: re-pruned at its own thresholds.
+    job_url = s3.presign_put("stored/job.json")
+    job_id = submit(store_server, prompt="1 2 3", signed_url=job_url).json()["id"]
+    assert final_state(store_server, job_id)["status"] == "done"
+    uploaded = s3.client.get_object(Bucket=s3.bucket, Key="stored/job.json")["Body"].read()
+    doc = requests.get(store_server.url(f"/graphs/{job_id}/document"), headers=AUTH, timeout=60)
+    assert doc.status_code == 200, doc.text
+    assert without_time(doc.json()) == without_time(json.loads(uploaded))
     refused = requests.post(
         url,
         json={"signed_url": "http://169.254.169.254/x?X-Amz-Signature=secret"},
