@@ -114,6 +114,7 @@ class AttributionStore:
         self.dir = Path(root) / "jobs"
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._keys: dict[str, str] = {}  # file name -> reuse key (see `find`)
 
     @property
     def enabled(self) -> bool:
@@ -232,20 +233,34 @@ class AttributionStore:
 
     # ------------------------------------------------------------------ read
     def find(self, key: str) -> str | None:
-        """The id of a stored attribution with this reuse key, if any (newest first)."""
+        """The id of a stored attribution with this reuse key, if any (most recent first).
+
+        A file's key never changes (ids are never rewritten), so each header is read once and
+        remembered; an unreadable one is removed (a truncated file can never be read again).
+        """
         if not self.dir.is_dir():
             return None
         candidates = []
         for path in self.dir.glob(f"*{SUFFIX}"):
             with contextlib.suppress(OSError):
                 candidates.append((path.stat().st_mtime_ns, path))
+        present = {path.name for _, path in candidates}
+        with self._lock:
+            for name in set(self._keys) - present:
+                del self._keys[name]
         for _, path in sorted(candidates, reverse=True):
-            try:
-                with safe_open(path, framework="pt") as f:
-                    if (f.metadata() or {}).get("key") == key:
-                        return path.name.removesuffix(SUFFIX)
-            except (OSError, SafetensorError, ValueError) as exc:
-                self._drop(path, exc)  # truncated: it can never be read again
+            known = self._keys.get(path.name)
+            if known is None:
+                try:
+                    with safe_open(path, framework="pt") as f:
+                        known = (f.metadata() or {}).get("key", "")
+                except (OSError, SafetensorError, ValueError) as exc:
+                    self._drop(path, exc)
+                    continue
+                with self._lock:
+                    self._keys[path.name] = known
+            if known == key:
+                return path.name.removesuffix(SUFFIX)
         return None
 
     def request(self, graph_id: str) -> dict[str, Any]:
