@@ -78,8 +78,8 @@ class StoredGraphUnreadable(ServiceError):
 def reuse_key(model_id: str, transcoders: str, ids: list[int], request: dict[str, Any]) -> str:
     """A digest of everything that decides the unpruned attribution."""
     params = {k: v for k, v in sorted(request.items()) if k not in NOT_IN_KEY}
-    for field in ("prompt", "messages", "prompt_tokens"):
-        params.pop(field, None)  # the tokens below are what counts
+    for field in ("prompt", "messages", "model_id"):
+        params.pop(field, None)  # the tokens and the loaded model's id below are what count
     canonical = json.dumps(
         {"model": model_id, "transcoders": transcoders, "ids": ids, "params": params},
         sort_keys=True,
