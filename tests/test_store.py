@@ -270,3 +270,21 @@ def test_a_damaged_store_file_is_refused_then_recomputed_never_served_wrong(own_
     assert without_time(reused.get_json()) == without_time(first.get_json())
     # The server goes on serving.
     assert client.get("/health").status_code == 200
+
+
+def test_the_reuse_key_is_everything_but_thresholds_and_delivery():
+    from neuronpedia_graph.attribution_store import reuse_key
+
+    base = {"prompt": "x", "model_id": "demo", "max_feature_nodes": 200, "batch_size": 48}
+    key = reuse_key("demo", "demo", [1, 2, 3], base)
+    for same in (
+        {"node_threshold": 0.5, "edge_threshold": 0.9},
+        {"signed_url": "https://x", "compress": True, "slug_identifier": "s", "user_id": "u"},
+        {"model_id": "an-alias"},
+    ):
+        assert reuse_key("demo", "demo", [1, 2, 3], {**base, **same}) == key, same
+    for other in ({"max_feature_nodes": 100}, {"batch_size": 8}, {"max_n_logits": 3}):
+        assert reuse_key("demo", "demo", [1, 2, 3], {**base, **other}) != key, other
+    assert reuse_key("demo", "demo", [1, 2], base) != key
+    assert reuse_key("demo", "other-set", [1, 2, 3], base) != key
+    assert reuse_key("other", "demo", [1, 2, 3], base) != key
