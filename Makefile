@@ -13,7 +13,7 @@ MODEL ?= $(or $(MODEL_ID),demo)
 WHEEL_PYTHON ?= 3.12
 WHEEL_PLATFORM ?= manylinux_2_28_x86_64
 
-.PHONY: install install-dev browser nginx run test lint format bench bench-prune bench-scores bench-viewer bench-load bench-half-open bench-steer bench-jobs bench-attack lock demo-model clean check-full-size wheelhouse wheelhouse-runpod check-wheelhouse
+.PHONY: install install-dev browser nginx run test lint format bench bench-prune bench-scores bench-reprune bench-viewer bench-load bench-half-open bench-steer bench-jobs bench-attack lock demo-model clean check-full-size wheelhouse wheelhouse-runpod check-wheelhouse
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -116,6 +116,12 @@ bench-prune: install-dev
 # nodes: time, peak memory, equality (about 2 minutes, children of a few GiB).
 bench-scores: install-dev
 	$(PY) bench/scores.py
+
+# Re-pruning a stored attribution against recomputing the graph (demo model, fabricated small
+# gemma), and a synthetic 11.7k-node stored graph's size, load, prune and JSON (about 1 minute).
+# Last line: reprune_speedup=... store_bytes_per_node2=...
+bench-reprune: install-dev
+	HF_HUB_OFFLINE=1 $(PY) bench/reprune.py $(ARGS)
 
 # /steer generation: full recompute per token against the key/value cache, on a fabricated small
 # Llama (prompts 32 and 1024 tokens x 8/64/256 new). Last line: speedup_1024x64=... max_logit_diff=...

@@ -244,6 +244,11 @@ class GraphRequest(PromptOrMessages):
     signed_url: Annotated[str, Field(max_length=8192)] | None = None
     compress: bool = False
     user_id: Annotated[str, Field(max_length=256)] | None = None
+    no_cache: bool = Field(
+        default=False,
+        description="attribute afresh even when the store holds this prompt's attribution "
+        "with the same parameters",
+    )
     # None: circuit-tracer picks the salient logits (max_n_logits, desired_logit_prob).
     attribution_targets: TargetsSpec | None = Field(
         default=None,
@@ -285,6 +290,20 @@ class GraphRequest(PromptOrMessages):
         if self.attribution_targets is not None and self._targets is None:
             raise RuntimeError("GraphRequest was validated without a RequestContext")
         return self._targets
+
+
+class StoredUploadRequest(_Request):
+    """POST /graphs/{id}/upload: a stored graph, re-pruned, uploaded to `signed_url`."""
+
+    signed_url: Annotated[str, Field(max_length=8192)]
+    node_threshold: Probability | None = Field(None, description="absent: the stored graph's")
+    edge_threshold: Probability | None = Field(None, description="absent: the stored graph's")
+    compress: bool = False
+
+    @field_validator("signed_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_url_syntax(value)
 
 
 def _resolve_targets(

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import gc
 import logging
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,13 @@ from circuit_tracer.graph import Graph, PruneResult
 from pydantic import BaseModel
 
 from neuronpedia_graph import __version__, graph_json
+from neuronpedia_graph.attribution_store import (
+    AttributionStore,
+    Packed,
+    StoredGraphNotFound,
+    StoredGraphUnreadable,
+    reuse_key,
+)
 from neuronpedia_graph.compression import gzip_compress
 from neuronpedia_graph.errors import GraphTooLarge, ServerBusy
 from neuronpedia_graph.hooks import NO_HOOKS, Hooks
@@ -107,6 +115,7 @@ class GraphResult:
     links: int
     document: bytes | None = None
     upload: UploadResponse | None = None
+    graph_id: str | None = None
 
 
 @dataclass
@@ -118,6 +127,12 @@ class StagedGraph:
     links: int
     scores: GraphScores
     pruner: str  # the module whose prune_graph ran (the per-graph log line names it)
+    # What the store needs: the reuse key, and either the packed attribution (new) or the id
+    # of the stored one it was pruned from (reused). graph_id is set by `execute`.
+    key: str | None = None
+    packed: Packed | None = None
+    reused_from: str | None = None
+    graph_id: str | None = None
 
 
 @dataclass
@@ -139,6 +154,7 @@ class GraphService:
         self.started_at = time.time()
         self.ct_version = circuit_tracer_version()
         self.uploads = UploadQueue.from_settings(settings)
+        self.attributions = AttributionStore(settings.graph_store_dir, settings.graph_store_bytes)
         self.context = RequestContext(
             prompts=ModelPrompts(loaded.model),
             model_id=loaded.spec.model_id,
@@ -187,6 +203,7 @@ class GraphService:
         lock_timeout: float | None = None,
         tracker: ProgressTracker | None = None,
         job: bool = False,
+        graph_id: str | None = None,
     ) -> Outcome:
         """Do `op` for an already validated request (`run`, and queued graph jobs).
 
@@ -198,6 +215,8 @@ class GraphService:
             tracker: progress and cancellation of a graph (see `neuronpedia_graph.jobs`).
             job: a queued job: it takes the model after synchronous callers
                 (`ModelLock.hold_for_job`).
+            graph_id: the id a graph's attribution is stored under (a job's id); None mints
+                one.
         """
         method = getattr(self, op.method)
         if not op.needs_lock:
@@ -230,6 +249,8 @@ class GraphService:
                         value = method(request, timings)
                 finally:
                     self.free_memory()
+            if isinstance(value, StagedGraph):
+                value.graph_id = graph_id or secrets.token_urlsafe(18)
             if op.finish:
                 value = getattr(self, op.finish)(request, value, timings, reservation)
         return Outcome(value, timings)
@@ -282,9 +303,34 @@ class GraphService:
 
     # ------------------------------------------------------------------ graphs
     def attribute_graph(self, request: GraphRequest, timings: Timings) -> StagedGraph:
-        """Attribution, pruning and the JSON document (the model is held)."""
-        with timings.phase("attribute"):
-            graph = self.attribution_graph(request)
+        """Attribution (or a stored one with the same reuse key), pruning and the JSON
+        document (the model is held)."""
+        key = self.reuse_key(request)
+        graph, reused_from = None, None
+        if self.attributions.enabled and not request.no_cache:
+            reused_from = self.attributions.find(key)
+        if reused_from is not None:
+            with timings.phase("reused"):
+                try:
+                    graph = self.load_stored(reused_from)
+                except (StoredGraphNotFound, StoredGraphUnreadable) as exc:
+                    logger.warning("not reusing %s: %s", reused_from, exc.message)
+                    graph, reused_from = None, None
+        packed = None
+        if graph is None:
+            with timings.phase("attribute"):
+                graph = self.attribution_graph(request)
+            if self.attributions.enabled:
+                packed = self.attributions.pack(graph)
+        staged = self.document_from_graph(graph, request, timings)
+        staged.key, staged.packed, staged.reused_from = key, packed, reused_from
+        return staged
+
+    def document_from_graph(
+        self, graph: Graph, request: GraphRequest, timings: Timings
+    ) -> StagedGraph:
+        """Pruning, scores, size checks and the JSON document of an unpruned graph, fresh or
+        stored: the same code either way, so a re-pruned document is the fresh one."""
         with timings.phase("prune"):
             graph.to(self.loaded.device)
             (node_mask, edge_mask, cumulative), scores = self.prune_and_score(graph, request)
@@ -309,6 +355,62 @@ class GraphService:
         del graph, node_mask, edge_mask, cumulative
         self._check_size(request, n_links=n_links, n_bytes=len(body))
         return StagedGraph(body=body, nodes=n_nodes, links=n_links, scores=scores, pruner=pruner)
+
+    # ------------------------------------------------------------ stored graphs
+    def reuse_key(self, request: GraphRequest) -> str:
+        """What decides the unpruned attribution: model, transcoders, tokens, parameters."""
+        spec = self.loaded.spec
+        fields = request.model_dump(mode="json", exclude={"signed_url", "no_cache"})
+        return reuse_key(spec.model_id, spec.transcoder_ref, list(request.encoded.ids), fields)
+
+    def load_stored(self, graph_id: str) -> Graph:
+        model = self.loaded.model
+        return self.attributions.load(graph_id, model.model_config, model.scan, self.loaded.device)
+
+    def stored_request(
+        self, graph_id: str, node_threshold: float | None, edge_threshold: float | None
+    ) -> GraphRequest:
+        """The stored graph's request with new thresholds, validated as a new request is."""
+        body = self.attributions.request(graph_id)
+        if node_threshold is not None:
+            body["node_threshold"] = node_threshold
+        if edge_threshold is not None:
+            body["edge_threshold"] = edge_threshold
+        return parse_request(GraphRequest, body, self.context)
+
+    def stored_document(
+        self,
+        graph_id: str,
+        node_threshold: float | None,
+        edge_threshold: float | None,
+        timings: Timings,
+    ) -> StagedGraph:
+        """A stored graph's document for these thresholds: no attribution, no model lock."""
+        request = self.stored_request(graph_id, node_threshold, edge_threshold)
+        with timings.phase("load"):
+            graph = self.load_stored(graph_id)
+        staged = self.document_from_graph(graph, request, timings)
+        staged.graph_id = graph_id
+        return staged
+
+    def upload_stored(
+        self,
+        graph_id: str,
+        signed_url: str,
+        node_threshold: float | None,
+        edge_threshold: float | None,
+        compress: bool,
+        timings: Timings,
+    ) -> UploadResponse:
+        """Re-prune a stored graph and upload it under the upload policy (no model lock)."""
+        request = self.stored_request(graph_id, node_threshold, edge_threshold)
+        request = request.model_copy(update={"signed_url": signed_url, "compress": compress})
+        ticket = self.uploads.admit(signed_url, None)
+        with ticket:
+            with timings.phase("load"):
+                graph = self.load_stored(graph_id)
+            staged = self.document_from_graph(graph, request, timings)
+        return self._upload(request, staged.body, timings, ticket)
 
     def attribution_graph(self, request: GraphRequest) -> Graph:
         """circuit-tracer's unpruned graph for the request: its prompt, attribution targets
@@ -347,10 +449,12 @@ class GraphService:
         """The module whose prune code PRUNE selects, for the per-graph log line (so the log, not
         just the setting, says which one an operator's graphs went through)."""
         if self.settings.prune == "lean":
-            from neuronpedia_graph.prune import prune_and_score as run
-        else:
-            from circuit_tracer.graph import prune_graph as run
-        return run.__module__
+            from neuronpedia_graph.prune import prune_and_score
+
+            return prune_and_score.__module__
+        from circuit_tracer.graph import prune_graph
+
+        return prune_graph.__module__
 
     def _check_size(
         self, request: GraphRequest, *, n_links: int, n_bytes: int | None = None
@@ -395,6 +499,7 @@ class GraphService:
             result.document = body
         else:
             result.upload = self._upload(request, body, timings, ticket)
+        result.graph_id = self._store(request, staged, timings)
         logger.info(
             "graph slug=%s json_bytes=%d nodes=%d links=%d replacement_score=%.6g "
             "completeness_score=%.6g prune=%s %s",
@@ -408,6 +513,35 @@ class GraphService:
             " ".join(f"{k}_ms={v:.1f}" for k, v in timings.phases.items()),
         )
         return result
+
+    def _store(self, request: GraphRequest, staged: StagedGraph, timings: Timings) -> str | None:
+        """Keep the attribution for re-pruning and reuse; returns the id it is stored under
+        (None: not stored). A full or failing disk costs the store, never the graph."""
+        if staged.graph_id is None or staged.key is None:
+            return None
+        if staged.packed is None and staged.reused_from is None:
+            return None
+        try:
+            fields = request.model_dump(mode="json", exclude={"signed_url", "no_cache"})
+            if staged.packed is not None:
+                with timings.phase("store"):
+                    size = self.attributions.save(
+                        staged.graph_id, staged.key, fields, staged.packed
+                    )
+                logger.info(
+                    "stored attribution %s: %d bytes (%d adjacency)",
+                    staged.graph_id,
+                    size,
+                    staged.packed.adjacency_bytes,
+                )
+            elif staged.reused_from is not None and staged.reused_from != staged.graph_id:
+                self.attributions.link(staged.reused_from, staged.graph_id, fields)
+        except OSError as exc:
+            logger.warning("could not store attribution %s: %s", staged.graph_id, exc)
+            return None
+        finally:
+            staged.packed = None
+        return staged.graph_id
 
     def _upload(
         self, request: GraphRequest, body: bytes, timings: Timings, ticket: Ticket

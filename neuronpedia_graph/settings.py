@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     graph_store_dir: Path = _setting(
         Path("graph-store"), "where job records and finished job documents are kept"
     )
+    graph_store_bytes: int = _setting(
+        20 * 1024**3,
+        "bytes of stored attributions (re-prune, reuse) kept; least recently used go first",
+        ge=0,
+    )
     job_event_streams: int = _setting(
         256, "event streams (GET /graphs/<id>/events) open at once; more: 503", ge=1, le=10_000
     )

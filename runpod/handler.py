@@ -144,7 +144,9 @@ class ServiceLoader:
             str(loaded.dtype).removeprefix("torch."),
             loaded.load_seconds,
         )
-        return GraphService(loaded, settings), None
+        # A worker has no /graphs routes to re-prune from, and its disk goes with it: it keeps
+        # no stored attributions (so none is reused either).
+        return GraphService(loaded, settings.model_copy(update={"graph_store_bytes": 0})), None
 
 
 def check_deadline(deadline_ms: float | None, now_ms: float) -> None:

@@ -48,6 +48,9 @@ LIVE_SETTINGS = {
     "UPLOAD_BACKOFF": "0.01",
     "MAX_FEATURE_NODES": "2000",
     "UPLOAD_ALLOWED_HOSTS": LOCAL_UPLOAD_HOSTS,
+    # No stored attributions: a graph must not be reused from an earlier test (tests of the
+    # store, tests/test_store.py, turn it on).
+    "GRAPH_STORE_BYTES": "0",
 }
 # The web app's graph schema, vendored so the contract test always runs; test_contract_copy
 # fails when the copy drifts from the one the web app team publishes in ../shared/.
@@ -72,6 +75,7 @@ def demo_settings(tmp_path_factory: pytest.TempPathFactory):
         upload_backoff=0.01,
         upload_allowed_hosts=LOCAL_UPLOAD_HOSTS,
         max_feature_nodes=2000,
+        graph_store_bytes=0,  # as LIVE_SETTINGS
     )
 
 

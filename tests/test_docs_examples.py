@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SECRET
+from tests.conftest import LIVE_SETTINGS, REPO, SECRET, LiveServer, start_server
 
 DEMO = "http://localhost:5004"
 BLOCK = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
@@ -54,8 +55,19 @@ def test_the_readme_has_curl_examples_for_the_demo_server():
     assert sum(name.startswith("README.md") for name in names) >= 2, names
 
 
+@pytest.fixture(scope="module")
+def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The demo server as `make run` starts it: the store on (GRAPH_STORE_BYTES's default),
+    unlike the shared `live_server`, whose graphs must never be reused between tests."""
+    workdir = tmp_path_factory.mktemp("docs")
+    settings = {k: v for k, v in LIVE_SETTINGS.items() if k != "GRAPH_STORE_BYTES"}
+    with start_server(workdir, settings, secret=SECRET) as server:
+        yield server
+
+
 @pytest.mark.parametrize(("name", "block"), examples(), ids=[n for n, _ in examples()])
-def test_curl_example_works_as_written(name, block, live_server, tmp_path):
+def test_curl_example_works_as_written(name, block, docs_server, tmp_path):
+    live_server = docs_server
     (tmp_path / ".env").write_text(f"SECRET={SECRET}\n")
     script = "set -euo pipefail\n" + block.replace(DEMO, live_server.base)
     env = {**os.environ, "SECRET": SECRET}

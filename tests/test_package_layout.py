@@ -16,6 +16,7 @@ from tests.conftest import REPO
 HEAVY = ("torch", "circuit_tracer", "transformers", "nnsight")
 # The modules whose job is the model itself; everything else imports ML code lazily, if at all.
 ML_CORE = {
+    "neuronpedia_graph.attribution_store",
     "neuronpedia_graph.service",
     "neuronpedia_graph.steering",
     "neuronpedia_graph.sampling",

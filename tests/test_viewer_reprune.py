@@ -19,11 +19,28 @@ import pytest
 import requests
 
 from testkit.browser import launch_chromium
-from tests.conftest import SECRET
+from testkit.hold import HoldControl
+from testkit.live import LiveServer, start_server
+from tests.conftest import LIVE_SETTINGS, SECRET
 from tests.test_viewer import PARIS, enter_secret, france_feature, next_frame, open_tab
 from tests.test_viewer_jobs import click_generate, stored_document
 
 AUTH = {"x-secret-key": SECRET}
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """This module's server keeps attributions, as `make run` does (the shared one does not,
+    so that other tests never get a reused graph)."""
+    settings = {k: v for k, v in LIVE_SETTINGS.items() if k != "GRAPH_STORE_BYTES"}
+    settings["GRAPH_STORE_DIR"] = str(tmp_path_factory.mktemp("reprune-store"))
+    with (
+        HoldControl() as control,
+        start_server(
+            tmp_path_factory.mktemp("reprune"), settings, secret=SECRET, hold=control
+        ) as server,
+    ):
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,9 @@ def init_app(app: Flask) -> None:
         "/graphs/<job_id>/document", view_func=require_secret(job_document), methods=["GET"]
     )
     bp.add_url_rule(
+        "/graphs/<job_id>/upload", view_func=require_secret(upload_stored), methods=["POST"]
+    )
+    bp.add_url_rule(
         "/graphs/<job_id>/events", view_func=require_secret(job_events), methods=["GET"]
     )
     app.register_blueprint(bp)
@@ -112,16 +115,83 @@ def cancel_job(job_id: str) -> Response:
     return json_response(view, 200 if view.status == "cancelled" else 202)
 
 
+def _threshold(name: str) -> float | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise InvalidField(
+            f"Invalid request: {name}: must be a number above 0 and at most 1", fields=[name]
+        )
+    return value
+
+
 def job_document(job_id: str) -> Response:
-    body = _runner().document(_job_id(job_id))
+    """The stored document, or with thresholds (or for a synchronous graph's X-Graph-Id) the
+    stored attribution re-pruned: no attribution, no model lock."""
+    from neuronpedia_graph.jobs.runner import JobConflict, JobNotFound
+    from neuronpedia_graph.service import Timings
+
+    service: GraphService = current_app.extensions["npg_service"]
+    job_id = _job_id(job_id)
+    node_threshold, edge_threshold = _threshold("node_threshold"), _threshold("edge_threshold")
+    runner = _runner()
     headers = {"Vary": "Accept-Encoding"}
+    try:
+        view = runner.view(job_id)
+    except JobNotFound:
+        view = None  # a synchronous graph's id: only its stored attribution exists
+    if view is not None and view.status != "done":
+        raise JobConflict(
+            f"Job is {view.status}; its document exists once it is done", job_status=view.status
+        )
+    body, uploaded = None, None
+    if view is not None and node_threshold is None and edge_threshold is None:
+        try:
+            body = runner.document(job_id)
+        except JobConflict as exc:  # uploaded: re-pruned from the store at its own thresholds
+            uploaded = exc
+    if body is None:
+        from neuronpedia_graph.attribution_store import StoredGraphNotFound
+
+        timings = Timings()
+        try:
+            staged = service.stored_document(job_id, node_threshold, edge_threshold, timings)
+        except StoredGraphNotFound:
+            raise uploaded or StoredGraphNotFound() from None
+        body = staged.body
+        headers["Server-Timing"] = timings.server_timing()
     if request.accept_encodings.best_match(("gzip", "identity")) == "gzip":
         from neuronpedia_graph.compression import gzip_compress
 
-        service: GraphService = current_app.extensions["npg_service"]
         body = gzip_compress(body, level=service.settings.gzip_level)
         headers["Content-Encoding"] = "gzip"
     return Response(body, status=200, mimetype="application/json", headers=headers)
+
+
+def upload_stored(job_id: str) -> Response:
+    """Re-prune a stored graph and upload it to `signed_url` (the upload policy applies)."""
+    from neuronpedia_graph.api.routes import _body
+    from neuronpedia_graph.schemas import StoredUploadRequest
+    from neuronpedia_graph.service import Timings
+
+    service: GraphService = current_app.extensions["npg_service"]
+    job_id = _job_id(job_id)
+    body = parse_request(StoredUploadRequest, _body())
+    timings = Timings()
+    done = service.upload_stored(
+        job_id,
+        body.signed_url,
+        body.node_threshold,
+        body.edge_threshold,
+        body.compress,
+        timings,
+    )
+    return json_response(done, headers={"Server-Timing": timings.server_timing()})
 
 
 def job_events(job_id: str) -> Response:

@@ -85,16 +85,23 @@ def _error(status: int) -> dict[str, Any]:
 
 def _success(op: Operation) -> dict[str, Any]:
     schema: dict[str, Any] = {"$ref": _REF.format(model=op.response.__name__)}
+    headers: dict[str, Any] = {
+        "Server-Timing": {
+            "description": "time per phase (tokenize, attribute or reused, prune, ...)",
+            "schema": {"type": "string"},
+        }
+    }
     if op.name == "generate-graph":
         schema = {"anyOf": [{"$ref": _REF.format(model="GraphDocument")}, schema]}
+        headers["X-Graph-Id"] = {
+            "description": "the id its attribution is stored under: GET "
+            "/graphs/{id}/document?node_threshold=&edge_threshold= re-prunes it (absent when "
+            "not stored, GRAPH_STORE_BYTES=0)",
+            "schema": {"type": "string"},
+        }
     return {
         "description": _STATUS_TEXT[200],
-        "headers": {
-            "Server-Timing": {
-                "description": "time per phase (tokenize, attribute, prune, ...)",
-                "schema": {"type": "string"},
-            }
-        },
+        "headers": headers,
         "content": {"application/json": {"schema": schema}},
     }
 

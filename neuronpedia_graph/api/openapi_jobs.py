@@ -15,14 +15,15 @@ from neuronpedia_graph.jobs.models import (
     JobList,
     JobView,
 )
-from neuronpedia_graph.schemas import GraphRequest
+from neuronpedia_graph.schemas import GraphRequest, StoredUploadRequest, UploadResponse
 
-MODELS: tuple[type[BaseModel], ...] = (JobCreated, JobView, JobList)
+MODELS: tuple[type[BaseModel], ...] = (JobCreated, JobView, JobList, StoredUploadRequest)
 
 _TEXT = {
     401: "The x-secret-key header is missing",
     403: "The x-secret-key header is wrong",
-    404: "No job with this id",
+    404: "No job with this id (for a re-prune or an upload: no stored attribution, or evicted)",
+    410: "The stored attribution is unreadable (corrupt or truncated); it was removed",
     409: "The job is not in a state that allows this (the body says which it is in)",
     422: "A query parameter is out of bounds (`fields` names it)",
     503: "Busy: the job queue is full, or too many event streams are open; retry after "
@@ -34,6 +35,16 @@ _JOB_ID = {
     "required": True,
     "schema": {"type": "string", "pattern": ID_PATTERN.pattern},
 }
+_THRESHOLDS = [
+    {
+        "name": name,
+        "in": "query",
+        "description": "re-prune the stored attribution at this threshold (absent: the "
+        "graph's own)",
+        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    }
+    for name in ("node_threshold", "edge_threshold")
+]
 
 
 def job_paths(
@@ -163,15 +174,39 @@ def job_paths(
         "/graphs/{job_id}/document": {
             "get": op(
                 "get_graph_job_document",
-                "A done job's graph document (gzip'd when the client accepts it)",
+                "A done job's graph document, or with thresholds (or for a synchronous graph's "
+                "X-Graph-Id) its stored attribution re-pruned, with no new attribution; "
+                "gzip'd when the client accepts it",
                 {
                     200: ok("The graph document", ref("GraphDocument")),
                     401: err(401),
                     403: err(403),
                     404: err(404),
                     409: err(409),
+                    410: err(410),
+                    413: err(413),
+                    422: err(422),
+                },
+                parameters=[_JOB_ID, *_THRESHOLDS],
+            ),
+        },
+        "/graphs/{job_id}/upload": {
+            "post": op(
+                "upload_stored_graph",
+                "Re-prune a stored graph and upload it to signed_url (the upload policy applies)",
+                {
+                    200: ok("Uploaded", ref(UploadResponse.__name__)),
+                    **{s: error(s) for s in (400, 401, 403, 413, 422)},
+                    404: err(404),
+                    410: err(410),
+                    502: error(502),
+                    503: err(503),
                 },
                 parameters=[_JOB_ID],
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(StoredUploadRequest.__name__)}},
+                },
             ),
         },
         "/graphs/{job_id}/events": {

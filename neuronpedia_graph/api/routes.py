@@ -104,6 +104,8 @@ def _graph_reply(result: GraphResult, timings: Timings, headers: dict[str, str])
     for phase, ms in timings.phases.items():
         metrics.phase_seconds.labels(phase).observe(ms / 1000)
     metrics.graph_bytes.observe(result.json_bytes)
+    if result.graph_id is not None:  # where GET /graphs/<id>/document re-prunes it
+        headers["X-Graph-Id"] = result.graph_id
     if result.upload is not None:
         metrics.uploads.labels("ok").inc()
         return json_response(result.upload, headers=headers)

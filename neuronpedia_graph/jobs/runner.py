@@ -288,6 +288,7 @@ class JobRunner:
                 lock_timeout=UPLOAD_SLOT_WAIT_S,
                 tracker=tracker,
                 job=True,
+                graph_id=job.record.id,
             )
             assert isinstance(outcome.value, GraphResult)
             result = outcome.value
