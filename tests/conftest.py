@@ -117,6 +117,19 @@ def auth() -> dict[str, str]:
     return dict(AUTH)
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium through Playwright, one per test module (the viewer's tests)."""
+    from playwright.sync_api import sync_playwright
+
+    from testkit.browser import launch_chromium
+
+    with sync_playwright() as pw:
+        chromium = launch_chromium(pw)  # raises (fails the tests) when chromium is missing
+        yield chromium
+        chromium.close()
+
+
 @pytest.fixture(scope="session")
 def graph_schema() -> dict:
     import json

@@ -25,8 +25,8 @@ import requests
 from neuronpedia_graph.errors import InvalidField, UploadFailed
 from neuronpedia_graph.upload.guard import UploadGuard
 from neuronpedia_graph.upload.queue import UploadQueue
-from neuronpedia_graph.upload.spool import Spool, SpoolFull
-from neuronpedia_graph.upload.transfer import UploadPolicy, spool_graph
+from neuronpedia_graph.upload.spool import Spool, SpoolFull, spool_graph
+from neuronpedia_graph.upload.transfer import UploadPolicy
 from testkit import live
 from testkit.live import REPO
 from tests.conftest import LOCAL_UPLOAD_HOSTS, SECRET, graph_body

@@ -17,13 +17,13 @@ import orjson
 import pytest
 
 from neuronpedia_graph.upload.guard import UploadGuard, redact_url
+from neuronpedia_graph.upload.spool import spool_graph
 from neuronpedia_graph.upload.transfer import (
     MAX_REPLY_BYTES,
     UploadError,
     UploadPolicy,
     UploadResult,
     put_graph,
-    spool_graph,
 )
 from tests.conftest import traced_peak
 from tests.fault_targets import (

@@ -24,7 +24,7 @@ import orjson
 import pytest
 import requests
 
-from testkit.browser import launch_chromium, synthetic_graph_document
+from testkit.browser import synthetic_graph_document
 from tests.conftest import REPO, SECRET
 from tests.helpers import strongest_feature_into_target
 
@@ -50,16 +50,6 @@ class Tab:
         assert self.console_errors == []
         outside = [r.url for r in self.requests if not r.url.startswith(self.base + "/")]
         assert outside == [], "the page talked to something other than its server"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = launch_chromium(pw)  # raises (fails the tests) when chromium is missing
-        yield chromium
-        chromium.close()
 
 
 def without_jobs(page: Any) -> None:

@@ -8,14 +8,12 @@ named point (`graph-feature-batch`, `job-start`) until the test lets it go; noth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
 import requests
 
-from testkit.browser import launch_chromium
 from tests.conftest import SECRET
 from tests.jobs_client import AUTH, final_state, job, submit
 from tests.test_viewer import (
@@ -38,16 +36,6 @@ PHASES = [
     "compress",
     "upload",
 ]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = launch_chromium(pw)  # raises (fails the tests) when chromium is missing
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import orjson
 import pytest
 import requests
 
-from testkit.browser import launch_chromium
 from testkit.hold import HoldControl
 from testkit.live import LiveServer, start_server
 from tests.conftest import LIVE_SETTINGS, SECRET
@@ -41,16 +40,6 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         ) as server,
     ):
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = launch_chromium(pw)  # raises (fails the tests) when chromium is missing
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

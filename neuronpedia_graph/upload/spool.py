@@ -19,14 +19,22 @@ there are listed (`report`), so an operator sees what is waiting to be re-upload
 from __future__ import annotations
 
 import logging
+import os
+import re
+import secrets
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from neuronpedia_graph.upload.transfer import spool_graph
+from neuronpedia_graph.upload.transfer import byte_view
 
 log = logging.getLogger(__name__)
+
+# Characters kept from a slug in a spool file's name.
+_UNSAFE_SLUG_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 # Files the spool writes: graphs, and the temporary files of writes a crash interrupted.
 GRAPH_SUFFIXES = (".json", ".json.gz")
@@ -181,3 +189,59 @@ class Spool:
             return False
         log.warning("removed spool file %s %s", _describe(entry, now), why)
         return True
+
+
+def _slug_for_filename(slug: str) -> str:
+    cleaned = _UNSAFE_SLUG_CHARS.sub("-", slug).strip(".-")[:80]
+    return cleaned or "graph"
+
+
+def spool_graph(body: bytes | memoryview, spool_dir: Path, *, slug: str, compressed: bool) -> Path:
+    """Keep a graph on local disk, written atomically and fsync'd so no half file is left.
+
+    The name is unique (UTC timestamp + random suffix), so concurrent spools never collide.
+    The caller logs why the graph was spooled (upload_queue writes every graph here before
+    its upload starts and removes the file once the upload succeeded).
+
+    Args:
+        body: the bytes exactly as they would be uploaded.
+        spool_dir: created when missing.
+        slug: the graph's slug, used (sanitized) as the start of the file name.
+        compressed: the body is gzip'd (the file ends in ``.json.gz``).
+
+    Returns:
+        The path of the complete file.
+    """
+    spool_dir = Path(spool_dir)
+    view = byte_view(body)
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    suffix = ".json.gz" if compressed else ".json"
+    final = spool_dir / f"{_slug_for_filename(slug)}-{stamp}-{secrets.token_hex(4)}{suffix}"
+    fd, tmp_name = tempfile.mkstemp(dir=spool_dir, prefix=".spool-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(view)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, final)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(spool_dir)
+    log.debug("spooled graph %s (%d bytes) to %s", slug, view.nbytes, final)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename itself durable; not all platforms can open a directory, so best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -17,16 +17,12 @@ import contextlib
 import logging
 import os
 import re
-import secrets
 import socket
-import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, cast
 
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
@@ -50,8 +46,8 @@ __all__ = [
     "UploadError",
     "UploadPolicy",
     "UploadResult",
+    "byte_view",
     "put_graph",
-    "spool_graph",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,7 +68,6 @@ MAX_REPLY_BYTES = 64 * 1024
 _READ_BLOCK = 16 * 1024
 # What of the target's reply may reach the client: an S3-style error code, nothing else.
 _SAFE_CODE = re.compile(r"[A-Za-z0-9]{1,64}")
-_UNSAFE_SLUG_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def _default(name: str) -> Any:
@@ -296,7 +291,7 @@ class _BodyReader:
         return chunk
 
 
-def _byte_view(body: bytes | memoryview) -> memoryview:
+def byte_view(body: bytes | memoryview) -> memoryview:
     """A flat unsigned-byte view of the body, so lengths and slices count bytes, not items.
 
     Re-viewing never copies; only a view that is not C-contiguous has to be copied.
@@ -451,7 +446,7 @@ def put_graph(
     """
     shown = target.shown
     _install_log_redaction()
-    view = _byte_view(body)
+    view = byte_view(body)
     size = view.nbytes
     # An empty body stays bytes: an empty stream would make http.client frame it as chunked.
     data: _BodyReader | bytes = _BodyReader(view) if size else b""
@@ -586,59 +581,3 @@ def put_graph(
         seconds,
     )
     return UploadResult(shown, size, compressed, status, attempts, seconds)
-
-
-def _slug_for_filename(slug: str) -> str:
-    cleaned = _UNSAFE_SLUG_CHARS.sub("-", slug).strip(".-")[:80]
-    return cleaned or "graph"
-
-
-def spool_graph(body: bytes | memoryview, spool_dir: Path, *, slug: str, compressed: bool) -> Path:
-    """Keep a graph on local disk, written atomically and fsync'd so no half file is left.
-
-    The name is unique (UTC timestamp + random suffix), so concurrent spools never collide.
-    The caller logs why the graph was spooled (upload_queue writes every graph here before
-    its upload starts and removes the file once the upload succeeded).
-
-    Args:
-        body: the bytes exactly as they would be uploaded.
-        spool_dir: created when missing.
-        slug: the graph's slug, used (sanitized) as the start of the file name.
-        compressed: the body is gzip'd (the file ends in ``.json.gz``).
-
-    Returns:
-        The path of the complete file.
-    """
-    spool_dir = Path(spool_dir)
-    view = _byte_view(body)
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    suffix = ".json.gz" if compressed else ".json"
-    final = spool_dir / f"{_slug_for_filename(slug)}-{stamp}-{secrets.token_hex(4)}{suffix}"
-    fd, tmp_name = tempfile.mkstemp(dir=spool_dir, prefix=".spool-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(view)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, final)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(spool_dir)
-    log.debug("spooled graph %s (%d bytes) to %s", slug, view.nbytes, final)
-    return final
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename itself durable; not all platforms can open a directory, so best effort."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
