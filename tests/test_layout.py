@@ -41,9 +41,10 @@ def test_routes_and_runpod_request_types_come_from_the_operations_table(app):
     from neuronpedia_graph.operations import BY_NAME
 
     posts = {r.rule for r in app.url_map.iter_rules() if "POST" in r.methods}
-    # Plus the job queue, which queues the generate-graph operation (neuronpedia_graph.jobs).
-    assert posts == set(REQUEST_TYPES.values()) | {"/graphs"}
+    # Plus the job routes (neuronpedia_graph.api.jobs): queue a graph, upload a stored one.
+    job_posts = {"/graphs", "/graphs/<job_id>/upload"}
+    assert posts == set(REQUEST_TYPES.values()) | job_posts
     assert {name: op.path for name, op in BY_NAME.items()} == REQUEST_TYPES
     # Each route runs its own service method (no two operations share one).
     by_path = {op.path: op.method for op in BY_NAME.values()}
-    assert len(set(by_path.values())) == len(by_path) == len(posts) - 1
+    assert len(set(by_path.values())) == len(by_path) == len(posts - job_posts)
