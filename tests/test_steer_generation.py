@@ -15,8 +15,9 @@ import torch
 from neuronpedia_graph.prompts.chat import ChatMessage, render_chat
 from neuronpedia_graph.prompts.encoding import ModelPrompts
 from neuronpedia_graph.sampling import new_generator, next_token
-from neuronpedia_graph.schemas import RequestContext, SteerRequest, SteerResponse, parse_request
+from neuronpedia_graph.schemas import SteerRequest, SteerResponse, parse_request
 from neuronpedia_graph.steering import _tensor_inputs, generate, steer
+from tests.test_steering import context_for
 
 PARIS = "The city of Paris is in"
 COUNT_TO_3 = "1 2 3"
@@ -25,32 +26,14 @@ END_OF_TURN = 5  # an end id of the demo's generation config, not the tokenizer'
 
 
 @pytest.fixture(scope="module")
-def model():
-    from circuit_tracer import ReplacementModel
-    from circuit_tracer.utils.hf_utils import load_transcoders
-
-    from neuronpedia_graph.demo import MODEL_DIR, transcoder_config
-
-    cpu = torch.device("cpu")
-    transcoders = load_transcoders(transcoder_config(), cpu, torch.float32)
-    return ReplacementModel.from_pretrained_and_transcoders(
-        str(MODEL_DIR), transcoders, backend="nnsight", device=cpu, dtype=torch.float32
-    )
+def model(demo_loaded):
+    """The session's demo model (nnsight, CPU, float32): these tests only read it."""
+    return demo_loaded.model
 
 
 def request(model, prompt: str, **fields) -> SteerRequest:
-    context = RequestContext(
-        prompts=ModelPrompts(model),
-        model_id="demo",
-        model_ids=frozenset({"demo"}),
-        token_limit=64,
-        forward_pass_token_limit=2048,
-        max_feature_nodes=10_000,
-        n_layers=int(model.cfg.n_layers),
-        d_transcoder=int(model.transcoders.d_transcoder),
-    )
     body = {"model_id": "demo", "prompt": prompt, "features": [], **fields}
-    return parse_request(SteerRequest, body, context)
+    return parse_request(SteerRequest, body, context_for(model))
 
 
 def prompt_ids(model, prompt: str) -> list[int]:
