@@ -1,9 +1,12 @@
 """The operations table: every model operation the server offers, declared once.
 
-The HTTP routes (`neuronpedia_graph.api.routes`), the Runpod worker (`runpod/handler.py`) and
-the OpenAPI document (`neuronpedia_graph.api.openapi`) are all generated from `OPERATIONS`, so
-adding an endpoint means one entry here plus one service method. Light on purpose: it names
-service methods instead of importing the service, so reading the table costs no ML imports.
+The HTTP routes (`neuronpedia_graph.api.routes`), the Runpod worker
+(`neuronpedia_graph.runpod_worker`) and the OpenAPI document (`neuronpedia_graph.api.openapi`)
+are all generated from `OPERATIONS`, so adding an endpoint means one entry here plus one
+service method. Light on purpose: it names service methods instead of importing the service, so
+reading the table costs no ML imports.
+The names are checked when the service module is imported (`check_service_methods`), so a
+renamed method fails every import of the service, not the first request that needs it.
 """
 
 from __future__ import annotations
@@ -110,3 +113,29 @@ OPERATIONS: tuple[Operation, ...] = (
 BY_NAME: dict[str, Operation] = {
     name: op for op in OPERATIONS for name in (op.name, *op.runpod_aliases)
 }
+
+
+class OperationTableError(ImportError):
+    """The operations table names a service method that does not exist."""
+
+
+def check_service_methods(service_cls: type) -> None:
+    """Fail loudly unless every method the table names is a callable of `service_cls`.
+
+    Called at the bottom of `neuronpedia_graph.service`, so the service cannot be imported
+    (by the server, the worker or any test) with a table that points at a missing method.
+
+    Raises:
+        OperationTableError: naming each operation and the missing method.
+    """
+    missing = [
+        f"{op.name}: {name}"
+        for op in OPERATIONS
+        for name in (op.method, op.finish, op.reserve)
+        if name is not None and not callable(getattr(service_cls, name, None))
+    ]
+    if missing:
+        raise OperationTableError(
+            f"the operations table names methods {service_cls.__name__} lacks: "
+            + ", ".join(missing)
+        )

@@ -41,7 +41,7 @@ from neuronpedia_graph.hooks import NO_HOOKS, Hooks
 from neuronpedia_graph.jobs.progress import PHASE_NAMES, ProgressTracker, instrumented
 from neuronpedia_graph.model_lock import ModelLock
 from neuronpedia_graph.models.loading import LoadedModel, circuit_tracer_version
-from neuronpedia_graph.operations import Operation
+from neuronpedia_graph.operations import Operation, check_service_methods
 from neuronpedia_graph.prompts.chat import parse_chat_prompt
 from neuronpedia_graph.prompts.encoding import ModelPrompts
 from neuronpedia_graph.schemas import (
@@ -593,3 +593,7 @@ class GraphService:
     ) -> ParsedChatPrompt:
         """Tokenizer-only work, so it needs no model lock."""
         return parse_chat_prompt(self.loaded.tokenizer, request.prompt)
+
+
+# A renamed or missing method fails this import, not the first request that needs it.
+check_service_methods(GraphService)

@@ -10,6 +10,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import neuronpedia_graph
 from tests.conftest import REPO
 
@@ -75,3 +77,45 @@ def test_every_operation_names_a_service_method():
         for name in (op.method, op.finish, op.reserve):
             if name is not None:
                 assert callable(getattr(GraphService, name, None)), f"{op.name}: {name}"
+
+
+def test_the_table_checker_names_each_missing_method():
+    from neuronpedia_graph.operations import OperationTableError, check_service_methods
+
+    class Partial:
+        def steer(self) -> None: ...
+
+        attribute_graph = "not callable"
+
+    with pytest.raises(OperationTableError) as info:
+        check_service_methods(Partial)
+    message = str(info.value)
+    for missing in (
+        "generate-graph: attribute_graph",
+        "generate-graph: deliver_graph",
+        "forward-pass: forward_pass",
+        "parse-chat-prompt: parse_chat_prompt",
+    ):
+        assert missing in message
+    assert "steer: steer" not in message
+
+
+def test_a_renamed_service_method_fails_the_service_import():
+    """A rename is caught when the service is imported (server start, worker start, any test)."""
+    script = (
+        "import dataclasses\n"
+        "from neuronpedia_graph import operations\n"
+        "ops = list(operations.OPERATIONS)\n"
+        "ops[2] = dataclasses.replace(ops[2], method='steer_renamed')\n"
+        "operations.OPERATIONS = tuple(ops)\n"
+        "try:\n"
+        "    import neuronpedia_graph.service\n"
+        "except ImportError as exc:\n"
+        "    print('refused:', exc)\n"
+        "else:\n"
+        "    print('imported')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    assert "refused:" in out and "steer: steer_renamed" in out, out
