@@ -37,7 +37,13 @@ def sdk_progress_update(job: JSONObject) -> ProgressSender:
 
 def main() -> None:
     """Load the model, then take jobs from Runpod (or the SDK's local modes, from argv)."""
-    import runpod
+    try:
+        import runpod
+    except ImportError as exc:
+        raise SystemExit(
+            f"The Runpod worker needs the runpod SDK ({exc}): install the `runpod` extra, "
+            "pip install 'neuronpedia-graph[runpod]'"
+        ) from exc
 
     # `import runpod` runs logging.basicConfig (serverless/utils/rp_upload.py); with our handler
     # added as well, every line would be printed twice.
