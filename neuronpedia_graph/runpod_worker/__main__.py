@@ -2,4 +2,5 @@
 
 from neuronpedia_graph.runpod_worker.sdk import main
 
-main()
+if __name__ == "__main__":  # importing this module (a package walk) starts nothing
+    main()
