@@ -1,9 +1,10 @@
 """The operations table: every model operation the server offers, declared once.
 
-The HTTP routes (`neuronpedia_graph.api.routes`), the Runpod worker (`neuronpedia_graph.runpod_worker`) and
-the OpenAPI document (`neuronpedia_graph.api.openapi`) are all generated from `OPERATIONS`, so
-adding an endpoint means one entry here plus one service method. Light on purpose: it names
-service methods instead of importing the service, so reading the table costs no ML imports.
+The HTTP routes (`neuronpedia_graph.api.routes`), the Runpod worker
+(`neuronpedia_graph.runpod_worker`) and the OpenAPI document (`neuronpedia_graph.api.openapi`)
+are all generated from `OPERATIONS`, so adding an endpoint means one entry here plus one service
+method. Light on purpose: it names service methods instead of importing the service, so reading
+the table costs no ML imports.
 """
 
 from __future__ import annotations

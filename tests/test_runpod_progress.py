@@ -24,7 +24,10 @@ from neuronpedia_graph.models.loading import load_model
 from neuronpedia_graph.service import GraphService
 from neuronpedia_graph.settings import Settings
 
-settings = Settings(model_id="demo", secret="x", device="cpu", spool_dir=sys.argv[1])
+# As on a worker (runpod_worker.loader): no stored attributions, so every job attributes.
+settings = Settings(
+    model_id="demo", secret="x", device="cpu", spool_dir=sys.argv[1], graph_store_bytes=0
+)
 handler = runpod_worker.make_handler(
     GraphService(load_model(settings), settings), send_progress=runpod_worker.sdk_progress_update
 )
@@ -75,6 +78,7 @@ def test_a_graph_job_reports_its_phases_through_the_sdk_throttled_and_in_order(c
             json.dumps(graph_body(batch_size=8)),
         ],
         env=env,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
