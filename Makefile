@@ -32,6 +32,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml | $(UV)
 	fi
 	@touch $@
 
+# Development install: the dev lock holds both extras, `dev` and `runpod` (the worker's SDK).
 $(VENV)/.installed-dev: requirements-dev.lock pyproject.toml | $(UV)
 	$(UV_ENV) PYTHONPATH=$(VENV)/uv $(UV) pip sync --require-hashes requirements-dev.lock
 	$(UV_ENV) PYTHONPATH=$(VENV)/uv $(UV) pip install --no-deps -e .
@@ -134,7 +135,8 @@ wheelhouse: install
 	$(PY) tools/wheelhouse.py build --python-version $(WHEEL_PYTHON) --platform $(WHEEL_PLATFORM) \
 	  --out wheelhouse
 
-# The Runpod image's wheels (the server's plus the runpod SDK); runpod/Dockerfile installs them.
+# The Runpod image's wheels (the server's plus the `runpod` extra, at requirements-runpod.lock's
+# versions); runpod/Dockerfile installs them.
 wheelhouse-runpod: install
 	$(PY) tools/wheelhouse.py build --profile runpod --python-version $(WHEEL_PYTHON) \
 	  --platform $(WHEEL_PLATFORM) --out wheelhouse-runpod
@@ -149,12 +151,16 @@ check-wheelhouse: install-dev
 demo-model: install
 	HF_HUB_OFFLINE=1 $(PY) -m neuronpedia_graph.demo.build
 
-# Regenerate the hashed lock files (they carry no index URL).
+# Regenerate the hashed lock files (they carry no index URL): the server's, the Runpod image's
+# (the server plus the `runpod` extra, read by `make wheelhouse-runpod`) and the development one
+# (both extras, so that the worker's tests run wherever `make test` does).
 lock: | $(UV)
 	$(UV_ENV) PYTHONPATH=$(VENV)/uv $(UV) pip compile pyproject.toml --universal --generate-hashes \
 	  --python-version 3.11 -o requirements.lock
-	$(UV_ENV) PYTHONPATH=$(VENV)/uv $(UV) pip compile pyproject.toml --extra dev --universal \
-	  --generate-hashes --python-version 3.11 -o requirements-dev.lock
+	$(UV_ENV) PYTHONPATH=$(VENV)/uv $(UV) pip compile pyproject.toml --extra runpod --universal \
+	  --generate-hashes --python-version 3.11 -o requirements-runpod.lock
+	$(UV_ENV) PYTHONPATH=$(VENV)/uv $(UV) pip compile pyproject.toml --extra dev --extra runpod \
+	  --universal --generate-hashes --python-version 3.11 -o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,26 +1,45 @@
-"""Errors the service raises on purpose, each mapped to one HTTP status and a clear message.
+"""Errors the service raises on purpose, each mapped to one HTTP status and a clear message,
+and the one shape of every error reply.
 
-Keeping them transport-free lets the Flask routes and the Runpod worker report the same
-failure in their own way without a second copy of the rules.
+Keeping them transport-free lets the Flask routes, the job runner and the Runpod worker report
+the same failure without a second copy of the rules: `error_reply` turns any exception into a
+status and a body, and each transport only adds its own parts (HTTP the request id and
+`Retry-After`, a Runpod output the status it cannot send as a header).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from neuronpedia_graph.json_types import JSONObject, JSONValue
 from neuronpedia_graph.limits import RETRY_AFTER_SECONDS
+
+
+def error_body(message: str, **extra: JSONValue) -> JSONObject:
+    """`{"error": message, ...extra}`: what every error reply carries, on every transport."""
+    return {"error": message, **extra}
+
+
+def internal_error_message(exc: BaseException) -> str:
+    """The message of a bug: its type only (the traceback goes to the log, never the caller)."""
+    return f"Internal server error ({type(exc).__name__})"
+
+
+def error_reply(exc: BaseException) -> tuple[int, JSONObject]:
+    """The status and body for `exc`: a `ServiceError`'s own, else a 500 (a real bug)."""
+    if isinstance(exc, ServiceError):
+        return exc.status, exc.body()
+    return 500, error_body(internal_error_message(exc))
 
 
 class ServiceError(Exception):
     status: int = 500
 
-    def __init__(self, message: str, **extra: Any) -> None:
+    def __init__(self, message: str, **extra: JSONValue) -> None:
         super().__init__(message)
         self.message = message
         self.extra = extra
 
-    def body(self) -> dict[str, Any]:
-        return {"error": self.message, **self.extra}
+    def body(self) -> JSONObject:
+        return error_body(self.message, **self.extra)
 
 
 class InvalidRequest(ServiceError):

@@ -1,13 +1,13 @@
 """The Runpod worker: same work and same messages as HTTP, failures always marked as failures.
 
 The handler is called directly with the session's demo service (fast, every error class), then
-the real worker process is run under the SDK's local API and driven over /runsync.
+the real worker process is started from its entry file (runpod/handler.py, the image's CMD)
+under the SDK's local API and driven over /runsync.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import logging
 import os
 import signal
@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,6 +24,7 @@ import orjson
 import pytest
 import requests
 
+from neuronpedia_graph import runpod_worker
 from testkit.live import start_process, stop, wait_until_ready
 from tests.conftest import (
     AUTH,
@@ -38,28 +38,13 @@ from tests.conftest import (
 from tests.fault_targets import closed_port_url
 from tests.helpers import without_create_time
 
-HANDLER_PATH = REPO / "runpod" / "handler.py"
+ENTRY_FILE = REPO / "runpod" / "handler.py"
 PROMPT = "The city of Paris is in"
 
 
-def load_handler_module() -> ModuleType:
-    """Load runpod/handler.py by path: the folder name `runpod` is the SDK's package name."""
-    spec = importlib.util.spec_from_file_location("runpod_worker_handler", HANDLER_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # pydantic resolves the models' annotations through it
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def worker() -> ModuleType:
-    return load_handler_module()
-
-
-@pytest.fixture(scope="module")
-def handler(worker, service):
-    return worker.make_handler(service)
+def handler(service):
+    return runpod_worker.make_handler(service)
 
 
 def job(**job_input: Any) -> dict[str, Any]:
@@ -78,11 +63,6 @@ def now_ms() -> float:
 
 
 # --------------------------------------------------------------------- successful jobs
-def test_importing_the_handler_loads_no_model(worker):
-    assert worker.LOADER._service is None and worker.LOADER._error is None
-    assert callable(worker.handler)
-
-
 def test_graph_job_returns_the_same_document_as_http(handler, client, graph_schema):
     output = handler(job(request_type="graph", **graph_body()))
     assert "error" not in output
@@ -252,13 +232,13 @@ def test_upload_failure_fails_the_job_and_keeps_the_graph(handler, demo_settings
     assert orjson.loads(spooled.read_bytes())["metadata"]["slug"] == "spooled"
 
 
-def test_graph_too_large_for_a_job_output_fails(worker, service):
-    small = worker.make_handler(service, max_output_bytes=1_000)
+def test_graph_too_large_for_a_job_output_fails(service):
+    small = runpod_worker.make_handler(service, max_output_bytes=1_000)
     message = assert_failed(small(job(**graph_body())), 413)
     assert "send signed_url" in message
 
 
-def test_unexpected_error_fails_the_job_and_the_worker_keeps_working(worker, service, caplog):
+def test_unexpected_error_fails_the_job_and_the_worker_keeps_working(service, caplog):
     calls = []
 
     def flaky_service():
@@ -267,7 +247,7 @@ def test_unexpected_error_fails_the_job_and_the_worker_keeps_working(worker, ser
             raise RuntimeError("injected fault")
         return service
 
-    flaky = worker.make_handler(flaky_service)
+    flaky = runpod_worker.make_handler(flaky_service)
     with caplog.at_level(logging.ERROR):
         output = flaky(job(request_type="forward-pass", prompt=PROMPT))
     assert output == {"error": "Internal server error (RuntimeError)", "status": 500}
@@ -277,12 +257,12 @@ def test_unexpected_error_fails_the_job_and_the_worker_keeps_working(worker, ser
     assert not service.lock.busy
 
 
-def test_model_load_failure_fails_every_job_and_asks_for_a_new_worker(worker, tmp_path):
-    loader = worker.ServiceLoader(
+def test_model_load_failure_fails_every_job_and_asks_for_a_new_worker(tmp_path):
+    loader = runpod_worker.ServiceLoader(
         environ={"MODEL_ID": str(tmp_path / "no-such-model"), "DEVICE": "cpu"},
         env_file=tmp_path / "absent.env",
     )
-    broken = worker.make_handler(loader.get)
+    broken = runpod_worker.make_handler(loader.get)
     first = broken(job(request_type="forward-pass", prompt=PROMPT))
     message = assert_failed(first, 503)
     assert message.startswith("Model could not be loaded on this worker: ")
@@ -299,6 +279,8 @@ LocalApi = LiveServer
 @pytest.fixture(scope="module", autouse=True)
 def worker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalApi]:
     """`python runpod/handler.py --rp_serve_api` on the demo model, in its own process group.
+
+    The entry file the image runs: its tests are also the test that it starts the worker.
 
     Started before this module's first test, so that its start-up (imports, model load) runs
     while the in-process tests do, instead of adding to the file's time.
@@ -320,7 +302,7 @@ def worker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAp
         PYTHONUNBUFFERED="1",
         UVICORN_LOG_LEVEL="warning",
     )
-    argv = [sys.executable, str(HANDLER_PATH), "--rp_serve_api", "--rp_api_host", "127.0.0.1"]
+    argv = [sys.executable, str(ENTRY_FILE), "--rp_serve_api", "--rp_api_host", "127.0.0.1"]
     with start_process(
         [*argv, "--rp_api_port", str(port)],
         workdir,

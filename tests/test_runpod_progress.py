@@ -18,20 +18,20 @@ import pytest
 from tests.conftest import REPO, graph_body
 
 SCRIPT = """
-import importlib.util, json, sys
+import json, sys
+from neuronpedia_graph import runpod_worker
 from neuronpedia_graph.models.loading import load_model
 from neuronpedia_graph.service import GraphService
 from neuronpedia_graph.settings import Settings
 
-spec = importlib.util.spec_from_file_location("worker", sys.argv[1])
-worker = importlib.util.module_from_spec(spec)
-sys.modules["worker"] = worker  # pydantic resolves the module's annotations through it
-spec.loader.exec_module(worker)
-settings = Settings(model_id="demo", secret="x", device="cpu", spool_dir=sys.argv[2])
-handler = worker.make_handler(
-    GraphService(load_model(settings), settings), send_progress=worker.sdk_progress_update
+# As on a worker (runpod_worker.loader): no stored attributions, so every job attributes.
+settings = Settings(
+    model_id="demo", secret="x", device="cpu", spool_dir=sys.argv[1], graph_store_bytes=0
 )
-output = handler({"id": "job-progress-1", "input": json.loads(sys.argv[3])})
+handler = runpod_worker.make_handler(
+    GraphService(load_model(settings), settings), send_progress=runpod_worker.sdk_progress_update
+)
+output = handler({"id": "job-progress-1", "input": json.loads(sys.argv[2])})
 print("RESULT", json.dumps({"nodes": len(output.get("nodes", [])), "error": output.get("error")}))
 """
 
@@ -74,11 +74,11 @@ def test_a_graph_job_reports_its_phases_through_the_sdk_throttled_and_in_order(c
             sys.executable,
             "-c",
             SCRIPT,
-            str(REPO / "runpod" / "handler.py"),
             str(tmp_path / "spool"),
             json.dumps(graph_body(batch_size=8)),
         ],
         env=env,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,

@@ -23,6 +23,8 @@ def test_every_table_entry_names_a_locked_package_and_pins_follow_the_python() -
     lock = wheelhouse.read_lock(wheelhouse.LOCK)
     for name in [*wheelhouse.HOST, *wheelhouse.NOT_IMPORTED, "setuptools"]:
         assert name in lock, f"{name} is in a table of tools/wheelhouse.py but not in the lock"
+    # The server's lock has no runpod SDK: only the Runpod profile's lock (its extra) has it.
+    assert "runpod" not in lock
     # The lock is universal: numpy differs between 3.11 and 3.12, and the pin follows.
     numpy_311, hashes = wheelhouse.pin_for(lock, "numpy", wheelhouse.target_env("3.11"))
     numpy_312, _ = wheelhouse.pin_for(lock, "numpy", wheelhouse.target_env("3.12"))
@@ -30,6 +32,24 @@ def test_every_table_entry_names_a_locked_package_and_pins_follow_the_python() -
     assert wheelhouse.pin_for(lock, "transformers", wheelhouse.target_env("3.12"))[0] == "4.57.3"
     with pytest.raises(SystemExit, match=r"not in requirements\.lock"):
         wheelhouse.pin_for(lock, "no-such-package", wheelhouse.target_env("3.12"))
+
+
+def test_the_runpod_profile_walks_the_extra_at_its_own_locks_versions() -> None:
+    profile = wheelhouse.PROFILES["runpod"]
+    assert profile["lock"].name == "requirements-runpod.lock"
+    roots = wheelhouse.project_requirements(profile["extras"])
+    assert "runpod>=1.7" in roots
+    assert set(wheelhouse.project_requirements()) < set(roots)
+    lock = wheelhouse.read_lock(profile["lock"])
+    env = wheelhouse.target_env("3.12")
+    version, hashes = wheelhouse.pin_for(lock, "runpod", env, profile["lock"])
+    assert version and hashes
+    # The image's lock pins the server's packages as the server's lock does.
+    server = wheelhouse.read_lock(wheelhouse.LOCK)
+    for name in ("circuit-tracer", "transformers", "flask", "torch"):
+        assert wheelhouse.pin_for(lock, name, env)[0] == wheelhouse.pin_for(server, name, env)[0]
+    with pytest.raises(SystemExit, match=r"not in requirements-runpod\.lock"):
+        wheelhouse.pin_for(lock, "no-such-package", env, profile["lock"])
 
 
 def manifest(tmp_path: Path, carried: dict, host: dict) -> Path:

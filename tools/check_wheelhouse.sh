@@ -11,8 +11,9 @@
 #    (after the venv's own, through a .pth file); this machine's own system site-packages is not
 #    used, since its unrelated packages could hide a missing wheel.
 # 3. From that venv: the import smoke test, a demo graph over HTTP, and `bench/gpu.py --tiny`.
-# 4. The Runpod wheelhouse the same way (cp312 closure; cp311 installed over the same stand-in,
-#    its smoke test, and one local job through runpod/handler.py on the demo model).
+# 4. The Runpod wheelhouse (the project with its `runpod` extra, at requirements-runpod.lock's
+#    versions) the same way (cp312 closure; cp311 installed over the same stand-in, its smoke
+#    test, and one local job through the image's entry file runpod/handler.py on the demo model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

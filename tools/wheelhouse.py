@@ -4,9 +4,10 @@
     python tools/wheelhouse.py closure wheelhouse      # every requirement met? (no install)
     python tools/wheelhouse.py smoke                   # on the host, inside the new venv
 
-`build` walks the dependency tree of the project (or of the Runpod worker with
-`--profile runpod`) from the wheels' own metadata, for the target Python and platform, at the
-versions of `requirements.lock`, and downloads each wheel with the lock's hash checked. It stops
+`build` walks the dependency tree of the project (or, with `--profile runpod`, of the project
+with its `runpod` extra: the Runpod worker) from the wheels' own metadata, for the target Python
+and platform, at the versions of the profile's lock (`requirements.lock`, or
+`requirements-runpod.lock`), and downloads each wheel with the lock's hash checked. It stops
 at the packages the host provides (`HOST`) and drops the declared dependencies that the server
 and the benchmark never import (`NOT_IMPORTED`): both tables say why. It writes
 `requirements.txt` (hashes of the files in the folder, `--find-links .`, no index), a
@@ -34,7 +35,7 @@ from email.parser import Parser
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LOCK = REPO / "requirements.lock"
+LOCK = REPO / "requirements.lock"  # the server's; a profile may name another
 
 # Never carried: the host image brings them. The walk does not enter their own requirements
 # (torch's CUDA libraries, triton, sympy... are the host's business). A version is given where
@@ -56,7 +57,6 @@ HOST: dict[str, tuple[str | None, str]] = {
 # Declared by a dependency, never imported by the server or bench/gpu.py (checked by
 # `make check-wheelhouse`, which runs both from a venv without them).
 NOT_IMPORTED: dict[str, str] = {
-    "runpod": "only runpod/handler.py imports it (the Runpod image's own wheelhouse)",
     "wandb": "TransformerLens imports it for training only",
     "transformers-stream-generator": "declared by TransformerLens, never imported",
     "sentencepiece": "slow tokenizers only; the fast (tokenizers) ones are used",
@@ -71,14 +71,23 @@ NOT_IMPORTED: dict[str, str] = {
 }
 
 PROFILES: dict[str, dict] = {
-    "server": {"extra_roots": ["setuptools"], "host": set(HOST), "drop": set(), "imports": []},
-    # The Runpod worker's image: the project plus the runpod SDK (FastAPI, boto3, cryptography,
-    # ...), over a PyTorch base image that brings torch and little else.
+    "server": {
+        "lock": LOCK,
+        "extras": [],
+        "extra_roots": ["setuptools"],
+        "host": set(HOST),
+        "drop": set(),
+        "imports": [],
+    },
+    # The Runpod worker's image: the project with its `runpod` extra (the SDK: FastAPI, boto3,
+    # cryptography, ...), over a PyTorch base image that brings torch and little else.
     "runpod": {
-        "extra_roots": ["setuptools", "runpod"],
+        "lock": REPO / "requirements-runpod.lock",
+        "extras": ["runpod"],
+        "extra_roots": ["setuptools"],
         "host": {"torch"},
-        "drop": {"runpod", "hf-xet"},  # a Runpod worker downloads models: hf-xet speeds that
-        "imports": ["runpod", "runpod.serverless"],
+        "drop": {"hf-xet"},  # a Runpod worker downloads models: hf-xet speeds that
+        "imports": ["runpod", "runpod.serverless", "neuronpedia_graph.runpod_worker"],
     },
 }
 
@@ -141,16 +150,23 @@ def read_lock(path: Path) -> dict[str, list[tuple[str, str | None, list[str]]]]:
     return entries
 
 
-def pin_for(lock: dict, name: str, env: dict[str, str]) -> tuple[str, list[str]]:
+def pin_for(
+    lock: dict, name: str, env: dict[str, str], lock_path: Path = LOCK
+) -> tuple[str, list[str]]:
+    """The version and hashes of `name` in `lock` (read from `lock_path`) for `env`."""
     from packaging.markers import Marker
 
     options = lock.get(name)
     if not options:
-        raise SystemExit(f"{name} is not in {LOCK.name}: add it to the project, then `make lock`")
+        raise SystemExit(
+            f"{name} is not in {lock_path.name}: add it to the project, then `make lock`"
+        )
     for version, marker, hashes in options:
         if marker is None or Marker(marker).evaluate(env):
             return version, hashes
-    raise SystemExit(f"no entry of {name} in {LOCK.name} applies to Python {env['python_version']}")
+    raise SystemExit(
+        f"no entry of {name} in {lock_path.name} applies to Python {env['python_version']}"
+    )
 
 
 def wheel_metadata(path: Path) -> tuple[str, str, list[str]]:
@@ -169,14 +185,24 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def project_requirements() -> list[str]:
+def project_requirements(extras: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The project's dependencies, plus those of `extras` (e.g. `runpod`)."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10: the installed project's metadata says the same
         import importlib.metadata as md
 
-        return [r for r in md.requires("neuronpedia-graph") or [] if "extra ==" not in r]
-    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+        wanted = []
+        for line in md.requires("neuronpedia-graph") or []:
+            spec, _, marker = line.partition(";")
+            if "extra ==" not in marker:
+                wanted.append(line)
+            elif any(f'extra == "{extra}"' in marker for extra in extras):
+                wanted.append(spec.strip())
+        return wanted
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    optional = project.get("optional-dependencies", {})
+    return [*project["dependencies"], *(r for extra in extras for r in optional[extra])]
 
 
 def pip_download(specs: dict[str, tuple[str, list[str]]], dest: Path, args) -> None:
@@ -202,8 +228,9 @@ def build(args) -> int:
     from packaging.requirements import Requirement
 
     env = target_env(args.python_version)
-    lock = read_lock(LOCK)
     profile = PROFILES[args.profile]
+    lock_path: Path = profile["lock"]
+    lock = read_lock(lock_path)
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
@@ -214,7 +241,7 @@ def build(args) -> int:
     skipped: dict[str, list[str]] = {}
     extras_done: dict[str, set[str]] = {}
     queue: list[tuple[Requirement, str]] = [
-        (Requirement(r), "neuronpedia-graph") for r in project_requirements()
+        (Requirement(r), "neuronpedia-graph") for r in project_requirements(profile["extras"])
     ] + [(Requirement(r), "(profile)") for r in profile["extra_roots"]]
     not_imported = {k: v for k, v in NOT_IMPORTED.items() if k not in profile["drop"]}
     host_names = profile["host"]
@@ -237,7 +264,7 @@ def build(args) -> int:
             if name not in extras_done or new_extras:
                 pending.append((name, set(req.extras)))
                 if "file" not in carried[name] and name not in wanted:
-                    wanted[name] = pin_for(lock, name, env)
+                    wanted[name] = pin_for(lock, name, env, lock_path)
         if wanted:
             pip_download(wanted, out, args)
             by_name = {}
@@ -286,7 +313,7 @@ def build(args) -> int:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     lines = [
         f"# Offline wheelhouse ({args.profile}) for CPython {args.python_version} on "
-        f"{args.platform}, written by tools/wheelhouse.py from requirements.lock.",
+        f"{args.platform}, written by tools/wheelhouse.py from {lock_path.name}.",
         "# Install into a venv made with --system-site-packages (the host's torch stays):",
         "#   pip install --no-index --no-deps -r wheelhouse/requirements.txt",
         "--find-links .",

@@ -7,8 +7,8 @@ import logging
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from neuronpedia_graph.api.responses import error_response
-from neuronpedia_graph.errors import ServiceError
+from neuronpedia_graph.api.responses import error_response, render_error
+from neuronpedia_graph.errors import ServiceError, error_reply
 
 logger = logging.getLogger("neuronpedia_graph.api")
 
@@ -20,7 +20,7 @@ def init_app(app: Flask) -> None:
 
 
 def _service_error(exc: ServiceError) -> Response:
-    return error_response(exc.status, exc.message, **exc.extra)
+    return render_error(*error_reply(exc))
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -37,4 +37,4 @@ def _http_error(exc: HTTPException) -> Response:
 
 def _unexpected(exc: Exception) -> Response:
     logger.exception("unhandled error")
-    return error_response(500, f"Internal server error ({type(exc).__name__})")
+    return render_error(*error_reply(exc))

@@ -1,19 +1,18 @@
-"""JSON replies, and the one shape of every error reply."""
+"""JSON replies, and HTTP's parts of every error reply (the body is `errors.error_body`'s)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import orjson
 from flask import Response
 from pydantic import BaseModel
 
-from neuronpedia_graph.errors import ServerBusy
+from neuronpedia_graph.errors import ServerBusy, error_body
+from neuronpedia_graph.json_types import JSONObject, JSONValue
 from neuronpedia_graph.logging_setup import request_id_var
 
 
 def json_response(
-    payload: BaseModel | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+    payload: BaseModel | JSONObject, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     if isinstance(payload, BaseModel):
         payload = payload.model_dump(mode="json")
@@ -22,8 +21,12 @@ def json_response(
     )
 
 
-def error_response(status: int, message: str, **extra: Any) -> Response:
+def error_response(status: int, message: str, **extra: JSONValue) -> Response:
     """{"error": message, ...extra, "request_id"}; 503 says when to come back."""
-    body = {"error": message, **extra, "request_id": request_id_var.get()}
+    return render_error(status, error_body(message, **extra))
+
+
+def render_error(status: int, body: JSONObject) -> Response:
+    """An error body as HTTP sends it: with the request id, and `Retry-After` on a 503."""
     headers = {"Retry-After": str(ServerBusy.retry_after_seconds)} if status == 503 else None
-    return json_response(body, status, headers)
+    return json_response({**body, "request_id": request_id_var.get()}, status, headers)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from neuronpedia_graph.errors import ServerBusy, ServiceError
+from neuronpedia_graph.errors import ServerBusy, ServiceError, error_reply
 from neuronpedia_graph.jobs.models import (
     FINISHED,
     JobError,
@@ -297,17 +297,11 @@ class JobRunner:
             status = "done"
         except JobCancelled:
             status = "cancelled"
-        except ServiceError as exc:
-            error = JobError(status=exc.status, body={**exc.body(), "request_id": job.record.id})
         except Exception as exc:
-            logger.exception("job %s failed unexpectedly", job.record.id)
-            error = JobError(
-                status=500,
-                body={
-                    "error": f"Internal server error ({type(exc).__name__})",
-                    "request_id": job.record.id,
-                },
-            )
+            if not isinstance(exc, ServiceError):
+                logger.exception("job %s failed unexpectedly", job.record.id)
+            code, body = error_reply(exc)
+            error = JobError(status=code, body={**body, "request_id": job.record.id})
         with self.cond:
             record = job.record
             record.status = status  # type: ignore[assignment]

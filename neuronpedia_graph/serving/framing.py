@@ -37,6 +37,7 @@ from gunicorn.http.body import Body, ChunkedReader, LengthReader
 from gunicorn.http.message import Request
 from gunicorn.http.unreader import IterUnreader
 
+from neuronpedia_graph.errors import error_body
 from neuronpedia_graph.limits import RETRY_AFTER_SECONDS
 
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
@@ -104,7 +105,7 @@ def error_response_bytes(status: int, message: str) -> bytes:
     """
     import orjson
 
-    body = orjson.dumps({"error": message})
+    body = orjson.dumps(error_body(message))
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
