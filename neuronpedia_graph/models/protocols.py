@@ -1,0 +1,233 @@
+"""The typed boundary to circuit-tracer's replacement model and the Hugging Face tokenizer.
+
+circuit-tracer 0.5.0's `ReplacementModel` is a factory: a loaded model is an instance of one of
+two backend classes (`NNSightReplacementModel`, a subclass of nnsight's untyped
+`LanguageModel`, or `TransformerLensReplacementModel`, a `HookedTransformer`) that share no
+declared type. These Protocols name exactly the members our code uses, so mypy checks every
+use against one description instead of letting `Any` through, and
+tests/test_model_protocols.py checks that both backend classes (and a real tokenizer) have
+them, with signatures that accept the calls we make.
+
+Backend-specific internals (the key/value cache reaches into each backend's own modules) are
+not in the Protocol: `backend_model` narrows a model to its real class, imported lazily, for
+the few places that need it. Nothing heavy is imported at runtime here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    import torch
+    from circuit_tracer.replacement_model.replacement_model_nnsight import (
+        NNSightReplacementModel,
+    )
+    from circuit_tracer.replacement_model.replacement_model_transformerlens import (
+        TransformerLensReplacementModel,
+    )
+    from circuit_tracer.transcoder import TranscoderSet
+    from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder
+
+#: The backends circuit-tracer 0.5.0 offers (its `replacement_model.Backend`).
+Backend: TypeAlias = Literal["nnsight", "transformerlens"]
+
+#: One of circuit-tracer's (layer, position, feature index, value) interventions, as we build
+#: them (circuit-tracer's own alias also admits tensors in every slot).
+Intervention: TypeAlias = tuple[int, "int | slice", int, float]
+
+#: The backend classes themselves, for the calls circuit-tracer annotates with them
+#: (`attribute`) and for backend-specific internals.
+BackendModel: TypeAlias = "NNSightReplacementModel | TransformerLensReplacementModel"
+
+
+#: A loaded transcoder set, as circuit-tracer's loaders return it.
+Transcoders: TypeAlias = "TranscoderSet | CrossLayerTranscoder"
+
+
+class Tokenizer(Protocol):
+    """The members of a Hugging Face tokenizer that our code uses.
+
+    Special-token ids and strings are None when the tokenizer has no such token. Text is
+    always encoded with `add_special_tokens=False`: circuit-tracer adds its own BOS.
+    """
+
+    @property
+    def bos_token(self) -> str | None: ...
+    @property
+    def bos_token_id(self) -> int | None: ...
+    @property
+    def eos_token_id(self) -> int | None: ...
+    @property
+    def pad_token_id(self) -> int | None: ...
+    @property
+    def unk_token(self) -> str | None: ...
+    @property
+    def unk_token_id(self) -> int | None: ...
+    @property
+    def all_special_ids(self) -> list[int]: ...
+    @property
+    def all_special_tokens(self) -> list[str]: ...
+    @property
+    def chat_template(self) -> str | dict[str, str] | None: ...
+    @property
+    def name_or_path(self) -> str: ...
+
+    def __len__(self) -> int: ...
+    def get_vocab(self) -> dict[str, int]: ...
+    def encode(self, text: str, *, add_special_tokens: bool = ...) -> list[int]: ...
+    def decode(self, token_ids: list[int]) -> str: ...
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict[str, str]],
+        *,
+        tokenize: bool = ...,
+        add_generation_prompt: bool = ...,
+        continue_final_message: bool = ...,
+    ) -> object:
+        """Renders a conversation; with `tokenize=False` a string (its declared return type
+        is a union over every mode, so callers convert with `str`)."""
+        ...
+
+
+class ModelConfig(Protocol):
+    """The model facts we read from a replacement model's config (`cfg`, `model_config`):
+    TransformerLens's `HookedTransformerConfig` or circuit-tracer's `UnifiedConfig`."""
+
+    @property
+    def n_layers(self) -> int: ...
+    @property
+    def d_vocab(self) -> int: ...
+    @property
+    def model_name(self) -> str: ...
+
+
+class AttributionContext(Protocol):
+    """What `jobs.progress` reads and wraps on the context `setup_attribution` returns (each
+    backend has its own `AttributionContext` class)."""
+
+    @property
+    def activation_matrix(self) -> torch.Tensor:
+        """The prompt's active features, a sparse (layer, position, feature) tensor."""
+        ...
+
+    # An attribute, not a method: progress tracking replaces it on the instance.
+    compute_batch: Callable[..., torch.Tensor]
+
+
+class ReplacementModelLike(Protocol):
+    """The part of circuit-tracer 0.5.0's replacement model our code uses, on either backend.
+
+    Tokens: `ensure_tokenized` gives the 1-D ids circuit-tracer runs (its BOS first).
+    Features: `get_activations` gives (logits, activations); `feature_intervention` runs a
+    forward pass with (layer, position, feature, value) interventions. Attribution:
+    `setup_attribution` and `run_forward_pass` are what `attribute()` calls (progress tracking
+    wraps them). Graphs stored and rebuilt need `model_config`, `scan` and `unembed_proj`.
+    """
+
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+    @property
+    def cfg(self) -> ModelConfig: ...
+    @property
+    def model_config(self) -> ModelConfig: ...
+    @property
+    def scan(self) -> str | list[str] | None: ...
+    @property
+    def unembed_proj(self) -> torch.Tensor:
+        """The unembedding matrix (d_model, d_vocab)."""
+        ...
+
+    def ensure_tokenized(self, prompt: str | torch.Tensor | list[int]) -> torch.Tensor: ...
+
+    def get_activations(
+        self, inputs: str | torch.Tensor, sparse: bool = ...
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def feature_intervention(
+        self,
+        inputs: str | torch.Tensor,
+        interventions: Sequence[Intervention],
+        *,
+        freeze_attention: bool = ...,
+        return_activations: bool = ...,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    def setup_attribution(self, inputs: str | torch.Tensor) -> AttributionContext: ...
+
+    def run_forward_pass(
+        self, input_ids: torch.Tensor, batch_size: int, ctx: AttributionContext
+    ) -> None: ...
+
+
+def backend_model(model: ReplacementModelLike) -> BackendModel:
+    """`model` as the backend class it is, for calls typed with those classes (`attribute`)
+    and for backend-specific internals (the key/value cache).
+
+    Only the class of `model`'s own backend is imported, so an nnsight model never imports
+    TransformerLens's module here (and the reverse).
+
+    Raises:
+        TypeError: `model` is not an instance of its backend's class.
+    """
+    # `object`: mypy sees no TransformerLens model as a ReplacementModelLike (see below), so
+    # narrowing the Protocol-typed value would be "unreachable" to it.
+    instance: object = model
+    if model.backend == "nnsight":
+        from circuit_tracer.replacement_model.replacement_model_nnsight import (
+            NNSightReplacementModel,
+        )
+
+        if isinstance(instance, NNSightReplacementModel):
+            return instance
+    else:
+        from circuit_tracer.replacement_model.replacement_model_transformerlens import (
+            TransformerLensReplacementModel,
+        )
+
+        if isinstance(instance, TransformerLensReplacementModel):
+            return instance
+    raise TypeError(
+        f"{type(model).__name__} is not circuit-tracer's {model.backend} replacement model"
+    )
+
+
+def as_transcoders(loaded: object) -> Transcoders:
+    """What one of circuit-tracer's (unannotated) transcoder loaders returned, checked.
+
+    Raises:
+        TypeError: it is neither a `TranscoderSet` nor a `CrossLayerTranscoder`.
+    """
+    from circuit_tracer.transcoder import TranscoderSet
+    from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder
+
+    if isinstance(loaded, (TranscoderSet, CrossLayerTranscoder)):
+        return loaded
+    raise TypeError(f"circuit-tracer loaded a {type(loaded).__name__}, not a transcoder set")
+
+
+def transcoder_width(transcoders: Transcoders) -> int:
+    """Features per layer. circuit-tracer stores a plain int, but `TranscoderSet` copies it
+    from an `nn.ModuleList` entry, which torch's typing says is a tensor or a module."""
+    width = transcoders.d_transcoder
+    if not isinstance(width, int):
+        raise TypeError(f"d_transcoder is a {type(width).__name__}, not an int")
+    return width
+
+
+__all__ = [
+    "AttributionContext",
+    "Backend",
+    "BackendModel",
+    "Intervention",
+    "ModelConfig",
+    "ReplacementModelLike",
+    "Tokenizer",
+    "Transcoders",
+    "as_transcoders",
+    "backend_model",
+    "transcoder_width",
+]
