@@ -164,35 +164,50 @@ class ReplacementModelLike(Protocol):
 
 
 def backend_model(model: ReplacementModelLike) -> BackendModel:
-    """`model` as the backend class it is, for calls typed with those classes (`attribute`)
-    and for backend-specific internals (the key/value cache).
-
-    Only the class of `model`'s own backend is imported, so an nnsight model never imports
-    TransformerLens's module here (and the reverse).
+    """`model` as the backend class it is, for calls typed with those classes (`attribute`).
 
     Raises:
         TypeError: `model` is not an instance of its backend's class.
     """
-    # `object`: mypy sees no TransformerLens model as a ReplacementModelLike (see below), so
-    # narrowing the Protocol-typed value would be "unreachable" to it.
-    instance: object = model
-    if model.backend == "nnsight":
-        from circuit_tracer.replacement_model.replacement_model_nnsight import (
-            NNSightReplacementModel,
+    instance = as_nnsight(model) or as_transformerlens(model)
+    if instance is None:
+        raise TypeError(
+            f"{type(model).__name__} is not circuit-tracer's {model.backend} replacement model"
         )
+    return instance
 
-        if isinstance(instance, NNSightReplacementModel):
-            return instance
-    else:
-        from circuit_tracer.replacement_model.replacement_model_transformerlens import (
-            TransformerLensReplacementModel,
-        )
 
-        if isinstance(instance, TransformerLensReplacementModel):
-            return instance
-    raise TypeError(
-        f"{type(model).__name__} is not circuit-tracer's {model.backend} replacement model"
+# The two narrowings below test an `object`: nnsight's class derives from an untyped (Any) base,
+# so to mypy any class might be a subclass of it, and narrowing a Protocol- or union-typed value
+# would keep that possibility (or call the TransformerLens branch unreachable).
+def as_nnsight(model: ReplacementModelLike) -> NNSightReplacementModel | None:
+    """`model` as circuit-tracer's nnsight backend class, or None for the other backend.
+
+    The class is imported only for an nnsight model (so never TransformerLens's module here).
+    """
+    if model.backend != "nnsight":
+        return None
+    from circuit_tracer.replacement_model.replacement_model_nnsight import (
+        NNSightReplacementModel,
     )
+
+    instance: object = model
+    return instance if isinstance(instance, NNSightReplacementModel) else None
+
+
+def as_transformerlens(model: ReplacementModelLike) -> TransformerLensReplacementModel | None:
+    """`model` as circuit-tracer's TransformerLens backend class, or None for the other backend.
+
+    The class is imported only for a TransformerLens model.
+    """
+    if model.backend != "transformerlens":
+        return None
+    from circuit_tracer.replacement_model.replacement_model_transformerlens import (
+        TransformerLensReplacementModel,
+    )
+
+    instance: object = model
+    return instance if isinstance(instance, TransformerLensReplacementModel) else None
 
 
 def as_transcoders(loaded: object) -> Transcoders:
@@ -227,7 +242,9 @@ __all__ = [
     "ReplacementModelLike",
     "Tokenizer",
     "Transcoders",
+    "as_nnsight",
     "as_transcoders",
+    "as_transformerlens",
     "backend_model",
     "transcoder_width",
 ]
