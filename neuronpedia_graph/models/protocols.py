@@ -169,7 +169,10 @@ def backend_model(model: ReplacementModelLike) -> BackendModel:
     Raises:
         TypeError: `model` is not an instance of its backend's class.
     """
-    instance = as_nnsight(model) or as_transformerlens(model)
+    # Not `or`: an nnsight model's truth value is its module's length, which it may lack.
+    instance: BackendModel | None = as_nnsight(model)
+    if instance is None:
+        instance = as_transformerlens(model)
     if instance is None:
         raise TypeError(
             f"{type(model).__name__} is not circuit-tracer's {model.backend} replacement model"
