@@ -288,9 +288,12 @@ class _IdsAwareTokenizer:
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self._tokenizer = tokenizer
 
-    # Any: nnsight and circuit-tracer may pass any of the tokenizer's many call options.
     def __call__(
-        self, inputs: str | list[str] | torch.Tensor, *args: Any, **kwargs: Any
+        self,
+        inputs: str | list[str] | torch.Tensor,
+        # Any: passed on unchanged; nnsight may use any of the tokenizer's many call options.
+        *args: Any,
+        **kwargs: Any,  # Any: as above
     ) -> BatchEncoding:
         if isinstance(inputs, torch.Tensor):
             return BatchEncoding({"input_ids": inputs.reshape(-1).tolist()})
