@@ -8,9 +8,17 @@ use against one description instead of letting `Any` through, and
 tests/test_model_protocols.py checks that both backend classes (and a real tokenizer) have
 them, with signatures that accept the calls we make.
 
-Backend-specific internals (the key/value cache reaches into each backend's own modules) are
-not in the Protocol: `backend_model` narrows a model to its real class, imported lazily, for
+Backend-specific internals (the key/value cache reaches into each backend's own modules, and
+steering swaps the nnsight model's tokenizer) are not in the Protocol: `as_nnsight`,
+`as_transformerlens` and `backend_model` narrow a model to its real class, imported lazily, for
 the few places that need it. Nothing heavy is imported at runtime here.
+
+Why the backend classes are not also checked against the Protocol by mypy: nnsight ships no
+types, so to mypy `NNSightReplacementModel` derives from `Any` and conforms to any Protocol
+(such a check passes vacuously); and `TransformerLensReplacementModel` fails it for reasons of
+its stubs, not its behaviour (torch types a bare `@torch.no_grad` decorator as returning a
+`no_grad` object rather than the function, and `HookedTransformer.tokenizer` is declared
+Optional). The runtime test checks both classes instead.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ Backend: TypeAlias = Literal["nnsight", "transformerlens"]
 
 #: One of circuit-tracer's (layer, position, feature index, value) interventions, as we build
 #: them (circuit-tracer's own alias also admits tensors in every slot).
-Intervention: TypeAlias = tuple[int, "int | slice", int, float]
+Intervention: TypeAlias = tuple[int, int | slice, int, float]
 
 #: The backend classes themselves, for the calls circuit-tracer annotates with them
 #: (`attribute`) and for backend-specific internals.
