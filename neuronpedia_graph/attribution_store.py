@@ -34,7 +34,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from circuit_tracer.attribution.targets import LogitTarget
@@ -44,6 +44,10 @@ from safetensors.torch import load_file, save_file
 
 from neuronpedia_graph.errors import ServiceError
 from neuronpedia_graph.jobs.models import ID_PATTERN
+from neuronpedia_graph.json_types import JSONObject
+
+if TYPE_CHECKING:
+    from neuronpedia_graph.models.protocols import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +79,7 @@ class StoredGraphUnreadable(ServiceError):
         )
 
 
-def reuse_key(model_id: str, transcoders: str, ids: list[int], request: dict[str, Any]) -> str:
+def reuse_key(model_id: str, transcoders: str, ids: list[int], request: JSONObject) -> str:
     """A digest of everything that decides the unpruned attribution."""
     params = {k: v for k, v in sorted(request.items()) if k not in NOT_IN_KEY}
     for field in ("prompt", "messages", "model_id"):
@@ -154,7 +158,7 @@ class AttributionStore:
         }
         return Packed(tensors, metadata)
 
-    def save(self, graph_id: str, key: str, request: dict[str, Any], packed: Packed) -> int:
+    def save(self, graph_id: str, key: str, request: JSONObject, packed: Packed) -> int:
         """Keep a packed attribution under `graph_id`; returns the file's size in bytes."""
         tensors = packed.tensors
         metadata = {
@@ -178,7 +182,7 @@ class AttributionStore:
         self.evict(keep=target)
         return size
 
-    def _write_request(self, graph_id: str, request: dict[str, Any]) -> None:
+    def _write_request(self, graph_id: str, request: JSONObject) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-attr-")
         try:
             with os.fdopen(fd, "w") as out:
@@ -192,7 +196,7 @@ class AttributionStore:
     def request_path(self, graph_id: str) -> Path:
         return self.path(graph_id).with_name(f"{graph_id}{REQUEST_SUFFIX}")
 
-    def link(self, source_id: str, graph_id: str, request: dict[str, Any]) -> None:
+    def link(self, source_id: str, graph_id: str, request: JSONObject) -> None:
         """Make `graph_id` name the same stored attribution as `source_id` (a reused graph),
         with its own request."""
         source, target = self.path(source_id), self.path(graph_id)
@@ -263,7 +267,7 @@ class AttributionStore:
                 return path.name.removesuffix(SUFFIX)
         return None
 
-    def request(self, graph_id: str) -> dict[str, Any]:
+    def request(self, graph_id: str) -> JSONObject:
         """The stored request (without signed_url) of a graph."""
         if not self.path(graph_id).exists():
             raise StoredGraphNotFound()
@@ -276,7 +280,9 @@ class AttributionStore:
             self._drop(self.path(graph_id), exc)
             raise StoredGraphUnreadable("its request is missing or unreadable") from None
 
-    def load(self, graph_id: str, cfg: Any, scan: Any, device: torch.device) -> Graph:
+    def load(
+        self, graph_id: str, cfg: ModelConfig, scan: str | list[str] | None, device: torch.device
+    ) -> Graph:
         """The unpruned graph, rebuilt exactly; refuses a file that fails its checks."""
         path = self.path(graph_id)
         try:

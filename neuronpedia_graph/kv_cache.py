@@ -25,9 +25,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import torch
+
+from neuronpedia_graph.models.protocols import (
+    ReplacementModelLike,
+    as_transformerlens,
+    backend_model,
+)
+
+if TYPE_CHECKING:
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformers.cache_utils import Cache
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    #: nnsight: the Hugging Face cache its decoder body builds; TransformerLens: its own.
+    PastKeyValues: TypeAlias = "Cache | TransformerLensKeyValueCache"
+
+#: A forward hook's positional and keyword arguments: the hooked forward's own, which we pass
+#: through (a Hugging Face decoder body's or a HookedTransformer's; torch does not type them).
+HookArgs: TypeAlias = tuple[object, ...]
+HookKwargs: TypeAlias = dict[str, object]
 
 
 class KVCache:
@@ -38,18 +57,20 @@ class KVCache:
     coordinates of the tokens fed (position 0 is the first new token).
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: ReplacementModelLike) -> None:
         self._model = model
-        self._backend = getattr(model, "backend", None)
-        self._past: Any = None  # the cache the next step extends (None before the first step)
-        self._latest: Any = None  # the cache the current step produced
+        self._instance = backend_model(model)  # its own class: the hooks reach into its modules
+        self._past: PastKeyValues | None = None  # what the next step extends (None at first)
+        self._latest: PastKeyValues | None = None  # the cache the current step produced
 
     @property
     def length(self) -> int:
         """Tokens held in the cache (0 before the first step)."""
+        from transformers.cache_utils import Cache
+
         if self._past is None:
             return 0
-        if self._backend == "nnsight":
+        if isinstance(self._past, Cache):
             return int(self._past.get_seq_length())
         return int(self._past[0].past_keys.shape[1])
 
@@ -62,8 +83,10 @@ class KVCache:
     @contextmanager
     def attached(self) -> Iterator[None]:
         """Make the model's forward passes read and extend this cache inside the block."""
-        if self._backend == "nnsight":
-            module = getattr(self._model._model, "model", None)
+        model = self._instance
+        if model.backend == "nnsight":
+            # nnsight's `_model` is the Hugging Face model; nnsight has no types.
+            module = getattr(model._model, "model", None)
             if not isinstance(module, torch.nn.Module):
                 raise RuntimeError("cannot find the decoder body (`model`) of the nnsight model")
             handles = [
@@ -71,22 +94,18 @@ class KVCache:
                 module.register_forward_hook(self._nnsight_output, with_kwargs=True),
             ]
         else:
-            handles = [
-                self._model.register_forward_pre_hook(self._tl_inputs, with_kwargs=True),
-            ]
+            handles = [model.register_forward_pre_hook(self._tl_inputs, with_kwargs=True)]
         # circuit-tracer zeroes the activations it reads at the BOS positions (`zero_positions`,
         # counted from the start of what it is given); shift them to the tokens fed, or every
         # new token would read as inactive and an intervention's delta would be off.
-        zero_positions = self._model.zero_positions
+        zero_positions: slice = model.zero_positions
         start = self.length
         first = zero_positions.start or 0
-        self._model.zero_positions = slice(
-            max(first - start, 0), max(zero_positions.stop - start, 0)
-        )
+        model.zero_positions = slice(max(first - start, 0), max(zero_positions.stop - start, 0))
         try:
             yield
         finally:
-            self._model.zero_positions = zero_positions
+            model.zero_positions = zero_positions
             for handle in handles:
                 handle.remove()
 
@@ -97,8 +116,8 @@ class KVCache:
             raise RuntimeError("a cached step ran more than one forward pass")
 
     def _nnsight_inputs(
-        self, _module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        self, _module: torch.nn.Module, args: HookArgs, kwargs: HookKwargs
+    ) -> tuple[HookArgs, HookKwargs]:
         self._check_single_pass()
         # Batch of one, never padded: no mask needed, and positions follow from the cache.
         kwargs.update(past_key_values=self._past, use_cache=True, attention_mask=None)
@@ -107,21 +126,30 @@ class KVCache:
         return args, kwargs
 
     def _nnsight_output(
-        self, _module: torch.nn.Module, _args: Any, _kwargs: Any, output: Any
+        self,
+        _module: torch.nn.Module,
+        _args: HookArgs,
+        _kwargs: HookKwargs,
+        output: BaseModelOutputWithPast,
     ) -> None:
         self._latest = output.past_key_values
 
     def _tl_inputs(
-        self, _module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        self, _module: torch.nn.Module, args: HookArgs, kwargs: HookKwargs
+    ) -> tuple[HookArgs, HookKwargs]:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         self._check_single_pass()
+        model = as_transformerlens(self._model)
+        if model is None:
+            raise RuntimeError("the TransformerLens hook is attached to an nnsight model")
         tokens = args[0] if args else kwargs["input"]
+        if not isinstance(tokens, torch.Tensor):
+            raise RuntimeError(f"TransformerLens was given {type(tokens).__name__}, not token ids")
         cache = self._past
         if cache is None:
             cache = TransformerLensKeyValueCache.init_cache(
-                self._model.cfg, self._model.cfg.device, batch_size=1
+                model.cfg, model.cfg.device, batch_size=1
             )
         self._latest = cache
         n_new = tokens.shape[-1]

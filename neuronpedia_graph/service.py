@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from circuit_tracer import attribute
@@ -39,8 +38,10 @@ from neuronpedia_graph.compression import gzip_compress
 from neuronpedia_graph.errors import GraphTooLarge, ServerBusy
 from neuronpedia_graph.hooks import NO_HOOKS, Hooks
 from neuronpedia_graph.jobs.progress import PHASE_NAMES, ProgressTracker, instrumented
+from neuronpedia_graph.json_types import JSONValue
 from neuronpedia_graph.model_lock import ModelLock
 from neuronpedia_graph.models.loading import LoadedModel, circuit_tracer_version
+from neuronpedia_graph.models.protocols import backend_model
 from neuronpedia_graph.operations import Operation, check_service_methods
 from neuronpedia_graph.prompts.chat import parse_chat_prompt
 from neuronpedia_graph.prompts.encoding import ModelPrompts
@@ -170,7 +171,7 @@ class GraphService:
     def run(
         self,
         op: Operation,
-        body: Any,
+        body: JSONValue,
         *,
         lock_timeout: float | None = None,
         tracker: ProgressTracker | None = None,
@@ -419,7 +420,7 @@ class GraphService:
         targets = library_targets(request.targets, model.unembed_proj, model.cfg.d_vocab)
         return attribute(
             model.ensure_tokenized(list(request.encoded.ids)),
-            model,
+            backend_model(model),  # attribute() is annotated with the backend classes
             attribution_targets=targets,
             max_n_logits=request.max_n_logits,
             desired_logit_prob=request.desired_logit_prob,

@@ -23,12 +23,18 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from transformers import BatchEncoding
 
 from neuronpedia_graph.kv_cache import KVCache
+from neuronpedia_graph.models.protocols import (
+    Intervention,
+    ReplacementModelLike,
+    Tokenizer,
+    as_nnsight,
+)
 from neuronpedia_graph.sampling import new_generator, next_token
 from neuronpedia_graph.schemas import (
     IgnoredFeature,
@@ -39,7 +45,8 @@ from neuronpedia_graph.schemas import (
     TopLogit,
 )
 
-Intervention = tuple[int, int | slice, int, float]
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class GenerationSettings(Protocol):
@@ -51,7 +58,7 @@ class GenerationSettings(Protocol):
     freeze_attention: bool
 
 
-def steer(model: Any, request: SteerRequest) -> SteerResponse:
+def steer(model: ReplacementModelLike, request: SteerRequest) -> SteerResponse:
     """Run the prompt without and with the request's interventions and report both.
 
     The request must have been validated with the server's `RequestContext` (so its features
@@ -149,7 +156,7 @@ def drop_unsteerable(
 
 
 def _interventions(
-    model: Any, features: Sequence[SteerFeature], prompt_ids: torch.Tensor
+    model: ReplacementModelLike, features: Sequence[SteerFeature], prompt_ids: torch.Tensor
 ) -> list[Intervention]:
     """circuit-tracer (layer, position, feature, value) tuples for the features to apply."""
     if not features:
@@ -170,7 +177,7 @@ def _interventions(
 
 
 def generate(
-    model: Any,
+    model: ReplacementModelLike,
     prompt_ids: torch.Tensor,
     interventions: Sequence[Intervention],
     request: GenerationSettings,
@@ -187,7 +194,7 @@ def generate(
 
 
 def _cached_loop(
-    model: Any,
+    model: ReplacementModelLike,
     prompt_ids: torch.Tensor,
     interventions: Sequence[Intervention],
     request: GenerationSettings,
@@ -242,7 +249,7 @@ def chunk_interventions(
 
 
 def _by_token(
-    tokenizer: Any, ids: list[int], n_prompt: int, rows: list[torch.Tensor], top_k: int
+    tokenizer: Tokenizer, ids: list[int], n_prompt: int, rows: list[torch.Tensor], top_k: int
 ) -> list[TokenLogits]:
     entries = []
     for position, token_id in enumerate(ids):
@@ -252,7 +259,7 @@ def _by_token(
     return entries
 
 
-def _top_logits(tokenizer: Any, logits: torch.Tensor, top_k: int) -> list[TopLogit]:
+def _top_logits(tokenizer: Tokenizer, logits: torch.Tensor, top_k: int) -> list[TopLogit]:
     # float64: a confident model's top probability (1 - 1e-5) keeps its digits.
     if top_k == 0:
         return []
@@ -264,7 +271,7 @@ def _top_logits(tokenizer: Any, logits: torch.Tensor, top_k: int) -> list[TopLog
     ]
 
 
-def _continuation(tokenizer: Any, prompt_ids: list[int], generated: list[int]) -> str:
+def _continuation(tokenizer: Tokenizer, prompt_ids: list[int], generated: list[int]) -> str:
     """The generated text as it reads after the prompt.
 
     Decoding in context keeps what per-token decoding can lose (a leading space some decoders
@@ -278,20 +285,27 @@ def _continuation(tokenizer: Any, prompt_ids: list[int], generated: list[int]) -
 class _IdsAwareTokenizer:
     """Delegates to a tokenizer, except that token-id tensors come back as they are."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self._tokenizer = tokenizer
 
-    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+    def __call__(
+        self,
+        inputs: str | list[str] | torch.Tensor,
+        # Any: passed on unchanged; nnsight may use any of the tokenizer's many call options.
+        *args: Any,
+        **kwargs: Any,  # Any: as above
+    ) -> BatchEncoding:
         if isinstance(inputs, torch.Tensor):
             return BatchEncoding({"input_ids": inputs.reshape(-1).tolist()})
-        return self._tokenizer(inputs, *args, **kwargs)
+        encoded: BatchEncoding = self._tokenizer(inputs, *args, **kwargs)
+        return encoded
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         return getattr(self._tokenizer, name)
 
 
 @contextmanager
-def _tensor_inputs(model: Any) -> Iterator[None]:
+def _tensor_inputs(model: ReplacementModelLike) -> Iterator[None]:
     """Let circuit-tracer's nnsight backend intervene on token-id tensors without freezing.
 
     Its `_perform_feature_intervention` sizes its buffers with `len(self.tokenizer(inputs))`,
@@ -299,12 +313,13 @@ def _tensor_inputs(model: Any) -> Iterator[None]:
     with the tokenizer's own special tokens (and token_type_ids), not circuit-tracer's BOS
     rule. The tokenizer is wrapped only for the duration of the call and always restored.
     """
-    if getattr(model, "backend", None) != "nnsight":
+    nnsight_model = as_nnsight(model)  # the Protocol's tokenizer is read-only
+    if nnsight_model is None:
         yield
         return
-    original = model.tokenizer
-    model.tokenizer = _IdsAwareTokenizer(original)
+    original = nnsight_model.tokenizer
+    nnsight_model.tokenizer = _IdsAwareTokenizer(original)
     try:
         yield
     finally:
-        model.tokenizer = original
+        nnsight_model.tokenizer = original

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 import yaml
@@ -33,6 +33,9 @@ from neuronpedia_graph.demo.train import (
     train_model,
     train_transcoder,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 SEED = 0
 GRAPH_PROMPT = "The city of Paris is in"
@@ -62,13 +65,13 @@ def _scaled(steps: int, scale: float) -> int:
     return max(1, round(steps * scale))
 
 
-def chat_probes(tokenizer: Any, probes: tuple[Probe, ...]) -> list[Probe]:
+def chat_probes(tokenizer: PreTrainedTokenizerFast, probes: tuple[Probe, ...]) -> list[Probe]:
     """The held-out probes asked as a chat turn (rendered with the tokenizer's template)."""
     out = []
     for p in probes:
         messages = [{"role": "user", "content": p.prompt}]
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        out.append(Probe("chat:" + p.family, prompt, p.answer))
+        out.append(Probe("chat:" + p.family, str(prompt), p.answer))
     return out
 
 
@@ -102,7 +105,7 @@ def _all_train(corpus: Corpus) -> list[str]:
     return [t for texts in corpus.train.values() for t in texts]
 
 
-def transcoder_texts(corpus: Corpus, tokenizer: Any) -> list[str]:
+def transcoder_texts(corpus: Corpus, tokenizer: PreTrainedTokenizerFast) -> list[str]:
     """The texts the transcoders are fit on (chat renderings already start with bos).
 
     That is the whole demo corpus, held-out probes included: the transcoders describe what the
@@ -113,7 +116,7 @@ def transcoder_texts(corpus: Corpus, tokenizer: Any) -> list[str]:
     return plain + chat
 
 
-def probe_token_ids(corpus: Corpus, tokenizer: Any) -> torch.Tensor:
+def probe_token_ids(corpus: Corpus, tokenizer: PreTrainedTokenizerFast) -> torch.Tensor:
     """Ids of every completed probe, plain and as a chat turn: where FVU and L0 are reported."""
     texts = [p.prompt + p.answer for p in corpus.heldout]
     texts += [p.prompt + p.answer for p in chat_probes(tokenizer, corpus.heldout)]
@@ -140,7 +143,40 @@ def write_transcoders(out: Path, layers: list[dict[str, torch.Tensor]]) -> Path:
     return out / "config.yaml"
 
 
-def check_graph(model_dir: Path, transcoder_dir: Path) -> dict[str, Any]:
+class GraphCheck(TypedDict):
+    """The attribution check of a fresh build."""
+
+    top_logit: str
+    replacement_score: float
+    completeness_score: float
+    active_features: int
+    attribution_s: float
+
+
+class _Summary(TypedDict):
+    out: str
+    scale: float
+    params: int
+    vocab: int
+    model_steps: int
+    final_loss: float
+    model_train_s: float
+    transcoder_train_s: float
+    heldout: dict[str, dict[str, float]]
+    chat_heldout: dict[str, dict[str, float]]
+    transcoders: list[dict[str, float]]
+    transcoder_width: int
+    artifact_bytes: int
+    build_s: float
+
+
+class BuildSummary(_Summary, total=False):
+    """What a build trained, measured and wrote (`graph` only with the graph check)."""
+
+    graph: GraphCheck
+
+
+def check_graph(model_dir: Path, transcoder_dir: Path) -> GraphCheck:
     """Load the artifacts the way the service does (circuit-tracer, nnsight backend, offline)
     and attribute the canonical prompt. Everything is loaded from local directories, so no
     network is needed (run with HF_HUB_OFFLINE=1 to make sure)."""
@@ -167,18 +203,18 @@ def check_graph(model_dir: Path, transcoder_dir: Path) -> dict[str, Any]:
     )
     seconds = time.perf_counter() - start
     replacement, completeness = compute_graph_scores(graph)
-    return {
-        "top_logit": graph.logit_targets[0].token_str,
-        "replacement_score": replacement,
-        "completeness_score": completeness,
-        "active_features": int(graph.active_features.shape[0]),
-        "attribution_s": seconds,
-    }
+    return GraphCheck(
+        top_logit=graph.logit_targets[0].token_str,
+        replacement_score=replacement,
+        completeness_score=completeness,
+        active_features=int(graph.active_features.shape[0]),
+        attribution_s=seconds,
+    )
 
 
 def build(
     out: Path = ARTIFACTS_DIR, scale: float = 1.0, seed: int = SEED, graph_check: bool = True
-) -> dict[str, Any]:
+) -> BuildSummary:
     """Train and write everything under `out` (model/ and transcoders/); returns the summary."""
     started = time.perf_counter()
     model_dir, tc_dir = out / "model", out / "transcoders"
@@ -220,28 +256,29 @@ def build(
     tokenizer.save_pretrained(model_dir, save_jinja_files=False)
     write_transcoders(tc_dir, layers)
 
-    summary: dict[str, Any] = {
-        "out": str(out),
-        "scale": scale,
-        "params": sum(p.numel() for p in model.parameters()),
-        "vocab": len(tokenizer),
-        "model_steps": model_hp.steps,
-        "final_loss": final_loss,
-        "model_train_s": model_s,
-        "transcoder_train_s": tc_s,
-        "heldout": plain,
-        "chat_heldout": chat,
-        "transcoders": layer_stats,
-        "transcoder_width": tc_hp.width,
-    }
-    if graph_check:
-        summary["graph"] = check_graph(model_dir, tc_dir)
-    summary["artifact_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    summary["build_s"] = time.perf_counter() - started
+    graph = check_graph(model_dir, tc_dir) if graph_check else None
+    summary = BuildSummary(
+        out=str(out),
+        scale=scale,
+        params=sum(p.numel() for p in model.parameters()),
+        vocab=len(tokenizer),
+        model_steps=model_hp.steps,
+        final_loss=final_loss,
+        model_train_s=model_s,
+        transcoder_train_s=tc_s,
+        heldout=plain,
+        chat_heldout=chat,
+        transcoders=layer_stats,
+        transcoder_width=tc_hp.width,
+        artifact_bytes=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+        build_s=time.perf_counter() - started,
+    )
+    if graph is not None:
+        summary["graph"] = graph
     return summary
 
 
-def format_summary(s: dict[str, Any]) -> str:
+def format_summary(s: BuildSummary) -> str:
     lines = [
         f"demo build -> {s['out']} (scale {s['scale']})",
         f"  model: {s['params']:,} params, vocab {s['vocab']}, {s['model_steps']} steps, "

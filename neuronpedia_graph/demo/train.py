@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
+from transformers.models.gemma2.modeling_gemma2 import Gemma2DecoderLayer, Gemma2RMSNorm
 
 from neuronpedia_graph.demo.corpus import Corpus, Probe
 
@@ -213,14 +213,25 @@ def mlp_io(
     captured: dict[str, torch.Tensor] = {}
     handles = []
     for i, layer in enumerate(model.model.layers):
+        if not isinstance(layer, Gemma2DecoderLayer):
+            raise TypeError(f"layer {i} is a {type(layer).__name__}, not a Gemma2DecoderLayer")
         pre, post = layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm
 
         def grab_in(
-            _module: Any, args: Any, _out: Any, key: str = f"in{i}", norm: Any = pre
+            _module: torch.nn.Module,
+            args: tuple[torch.Tensor, ...],
+            _out: torch.Tensor,
+            key: str = f"in{i}",
+            norm: Gemma2RMSNorm = pre,
         ) -> None:
             captured[key] = norm._norm(args[0].float())
 
-        def grab_out(_module: Any, _args: Any, out: Any, key: str = f"out{i}") -> None:
+        def grab_out(
+            _module: torch.nn.Module,
+            _args: tuple[torch.Tensor, ...],
+            out: torch.Tensor,
+            key: str = f"out{i}",
+        ) -> None:
             captured[key] = out.float()
 
         handles.append(pre.register_forward_hook(grab_in))

@@ -20,9 +20,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from neuronpedia_graph.hooks import NO_HOOKS, Hooks
+
+if TYPE_CHECKING:
+    import torch
+
+    from neuronpedia_graph.models.protocols import AttributionContext, ReplacementModelLike
 
 # (phase, share of the whole). The model phases dominate a real graph; the weights only need
 # to be roughly right, since the value is a guide for people, and it never goes backwards.
@@ -122,7 +127,10 @@ class ProgressTracker:
 
 @contextmanager
 def instrumented(
-    model: Any, tracker: ProgressTracker, max_feature_nodes: int, max_n_logits: int
+    model: ReplacementModelLike,
+    tracker: ProgressTracker,
+    max_feature_nodes: int,
+    max_n_logits: int,
 ) -> Iterator[None]:
     """Wrap the calls `attribute()` makes through `model` while the block runs (model held).
 
@@ -136,41 +144,54 @@ def instrumented(
     original_setup = model.setup_attribution
     original_forward = model.run_forward_pass
 
-    def setup_attribution(*args: Any, **kwargs: Any) -> Any:
+    def setup_attribution(inputs: str | torch.Tensor) -> AttributionContext:
         tracker.enter("activations")
         tracker.checkpoint("graph-activations")
-        ctx = original_setup(*args, **kwargs)
+        ctx = original_setup(inputs)
         tracker.feature_total = max(1, min(max_feature_nodes, int(ctx.activation_matrix._nnz())))
         original_batch = ctx.compute_batch
 
-        def compute_batch(*b_args: Any, **b_kwargs: Any) -> Any:
-            layers = b_kwargs.get("layers", b_args[0] if b_args else ())
-            if "retain_graph" in b_kwargs:
-                tracker.enter("feature_batches")
-                tracker.checkpoint("graph-feature-batch")
-                rows = original_batch(*b_args, **b_kwargs)
+        def compute_batch(
+            layers: torch.Tensor,
+            positions: torch.Tensor,
+            inject_values: torch.Tensor,
+            **options: bool,
+        ) -> torch.Tensor:
+            # Feature batches pass `retain_graph`; logit batches do not.
+            feature_batch = "retain_graph" in options
+            phase, point = (
+                ("feature_batches", "graph-feature-batch")
+                if feature_batch
+                else ("logit_batches", "graph-logit-batch")
+            )
+            tracker.enter(phase)
+            tracker.checkpoint(point)
+            rows = original_batch(
+                layers=layers, positions=positions, inject_values=inject_values, **options
+            )
+            if feature_batch:
                 tracker.features_done += len(layers)
-                tracker.within("feature_batches", tracker.features_done / tracker.feature_total)
-                return rows
-            tracker.enter("logit_batches")
-            tracker.checkpoint("graph-logit-batch")
-            rows = original_batch(*b_args, **b_kwargs)
-            tracker.logits_done += len(layers)
-            tracker.within("logit_batches", tracker.logits_done / tracker.logit_total)
+                tracker.within(phase, tracker.features_done / tracker.feature_total)
+            else:
+                tracker.logits_done += len(layers)
+                tracker.within(phase, tracker.logits_done / tracker.logit_total)
             return rows
 
         ctx.compute_batch = compute_batch
         return ctx
 
-    def run_forward_pass(*args: Any, **kwargs: Any) -> Any:
+    def run_forward_pass(input_ids: torch.Tensor, batch_size: int, ctx: AttributionContext) -> None:
         tracker.enter("forward_pass")
         tracker.checkpoint("graph-forward-pass")
-        return original_forward(*args, **kwargs)
+        original_forward(input_ids, batch_size, ctx)
 
-    model.setup_attribution = setup_attribution
-    model.run_forward_pass = run_forward_pass
+    # Instance attributes that shadow the methods for this block, set and removed through the
+    # model's own __setattr__/__delattr__ (nnsight's Envoy and torch's Module define them).
+    wrappers = {"setup_attribution": setup_attribution, "run_forward_pass": run_forward_pass}
+    for name, wrapper in wrappers.items():
+        setattr(model, name, wrapper)
     try:
         yield
     finally:
-        del model.setup_attribution
-        del model.run_forward_pass
+        for name in wrappers:
+            delattr(model, name)

@@ -13,7 +13,10 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from neuronpedia_graph.settings import Backend
 
 # The settings `describe` takes; its flags are generated from them, as the server's are.
 DESCRIBE_FIELDS = ("transcoder_set", "neuronpedia_model_id", "backend")
@@ -31,7 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
 
-def describe(model_args: Sequence[str]) -> dict[str, Any]:
+class Description(TypedDict):
+    """How a model would be served: `describe`'s JSON object."""
+
+    model_id: str
+    transcoder_set: str
+    transcoder_ref: str | None
+    backend: Backend
+    scan: str
+    neuronpedia_id: str
+    source_urls: list[str]
+    neuronpedia_source_set: str | None
+    accepted_ids: list[str]
+    warnings: list[str]
+
+
+def describe(model_args: Sequence[str]) -> Description:
     """Resolve settings like the server does and report the resulting spec.
 
     Args:
@@ -54,18 +72,18 @@ def describe(model_args: Sequence[str]) -> dict[str, Any]:
         if spec.transcoder_is_local
         else spec.transcoder_hub_ref
     )
-    return {
-        "model_id": spec.model_id,
-        "transcoder_set": spec.transcoder_ref,
-        "transcoder_ref": transcoder_ref,
-        "backend": spec.backend,
-        "scan": spec.scan,
-        "neuronpedia_id": spec.neuronpedia_id,
-        "source_urls": list(spec.source_urls),
-        "neuronpedia_source_set": spec.neuronpedia_source_set,
-        "accepted_ids": sorted(spec.accepted_ids),
-        "warnings": list(spec.warnings),
-    }
+    return Description(
+        model_id=spec.model_id,
+        transcoder_set=spec.transcoder_ref,
+        transcoder_ref=transcoder_ref,
+        backend=spec.backend,
+        scan=spec.scan,
+        neuronpedia_id=spec.neuronpedia_id,
+        source_urls=list(spec.source_urls),
+        neuronpedia_source_set=spec.neuronpedia_source_set,
+        accepted_ids=sorted(spec.accepted_ids),
+        warnings=list(spec.warnings),
+    )
 
 
 def main(argv: Sequence[str]) -> int:

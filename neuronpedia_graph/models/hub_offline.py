@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import yaml
 
+from neuronpedia_graph.json_types import JSONObject
+
 if TYPE_CHECKING:
     import torch
+
+    from neuronpedia_graph.models.protocols import Transcoders
 
 
 class HubFilesMissing(RuntimeError):
@@ -139,7 +143,7 @@ def resolve_hf_uris(paths: list[str]) -> list[str]:
     return [local.get(path, path) for path in paths]
 
 
-def read_hub_config(hub_ref: str) -> dict[str, Any]:
+def read_hub_config(hub_ref: str) -> JSONObject:
     """Read a Hub set's config.yaml (cache first) and label it as circuit-tracer does.
 
     Args:
@@ -163,7 +167,7 @@ def read_hub_config(hub_ref: str) -> dict[str, Any]:
     return config
 
 
-def resolve_hub_config(hub_ref: str) -> dict[str, Any]:
+def resolve_hub_config(hub_ref: str) -> JSONObject:
     """`read_hub_config` with every listed `hf://` file replaced by its local path."""
     config = read_hub_config(hub_ref)
     if isinstance(config.get("transcoders"), list):
@@ -178,7 +182,7 @@ def load_hub_transcoders(
     dtype: torch.dtype,
     lazy_encoder: bool,
     lazy_decoder: bool,
-) -> Any:
+) -> Transcoders:
     """Load a Hub transcoder set, touching the network only for files the cache lacks.
 
     Args:
@@ -194,6 +198,8 @@ def load_hub_transcoders(
     from circuit_tracer.utils.caching import is_cached, load_transcoders_from_cache
     from circuit_tracer.utils.hf_utils import load_transcoders
 
+    from neuronpedia_graph.models.protocols import as_transcoders
+
     for key in dict.fromkeys((transcoder_ref, hub_ref)):
         if is_cached(key):
             transcoders, _ = load_transcoders_from_cache(
@@ -203,6 +209,6 @@ def load_hub_transcoders(
                 lazy_encoder=lazy_encoder,
                 lazy_decoder=lazy_decoder,
             )
-            return transcoders
+            return as_transcoders(transcoders)
     config = resolve_hub_config(hub_ref)
-    return load_transcoders(config, device, dtype, lazy_encoder, lazy_decoder)
+    return as_transcoders(load_transcoders(config, device, dtype, lazy_encoder, lazy_decoder))

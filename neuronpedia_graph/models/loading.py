@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from neuronpedia_graph.models.spec import (
     ModelLoadError,
@@ -27,12 +27,14 @@ from neuronpedia_graph.settings import Settings
 if TYPE_CHECKING:
     import torch
 
+    from neuronpedia_graph.models.protocols import ReplacementModelLike, Tokenizer, Transcoders
+
 
 @dataclass
 class LoadedModel:
     """A loaded replacement model plus the facts every request needs about it."""
 
-    model: Any
+    model: ReplacementModelLike
     spec: ModelSpec
     device: torch.device
     dtype: torch.dtype
@@ -41,7 +43,7 @@ class LoadedModel:
     load_seconds: float
 
     @property
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> Tokenizer:
         return self.model.tokenizer
 
 
@@ -71,12 +73,16 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def _load_local_transcoders(
     directory: Path, settings: Settings, device: torch.device, dtype: torch.dtype
-) -> Any:
+) -> Transcoders:
     from circuit_tracer.utils.hf_utils import load_transcoders
+
+    from neuronpedia_graph.models.protocols import as_transcoders
 
     config = resolve_transcoder_files(directory, read_local_config(directory))
     config.setdefault("scan", directory.name)
-    return load_transcoders(config, device, dtype, settings.lazy_encoder, settings.lazy_decoder)
+    return as_transcoders(
+        load_transcoders(config, device, dtype, settings.lazy_encoder, settings.lazy_decoder)
+    )
 
 
 def load_model(settings: Settings, spec: ModelSpec | None = None) -> LoadedModel:
@@ -97,6 +103,7 @@ def load_model(settings: Settings, spec: ModelSpec | None = None) -> LoadedModel
 
     from neuronpedia_graph.models import hub_offline
     from neuronpedia_graph.models.nnsight_compat import mapped_multimodal_allowed
+    from neuronpedia_graph.models.protocols import transcoder_width
 
     try:
         if spec.transcoder_is_local:
@@ -136,7 +143,7 @@ def load_model(settings: Settings, spec: ModelSpec | None = None) -> LoadedModel
         device=device,
         dtype=dtype,
         n_layers=int(model.cfg.n_layers),
-        d_transcoder=int(transcoders.d_transcoder),
+        d_transcoder=transcoder_width(transcoders),
         load_seconds=time.perf_counter() - started,
     )
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from neuronpedia_graph.json_types import JSONObject
 from neuronpedia_graph.models.presets import (
     MODELS,
     derived_neuronpedia_id,
@@ -189,7 +189,7 @@ def resolve_spec(settings: Settings) -> ModelSpec:
     )
 
 
-def read_local_config(directory: Path) -> dict[str, Any]:
+def read_local_config(directory: Path) -> JSONObject:
     if not directory.is_dir():
         raise ModelLoadError(f"Transcoder directory '{directory}' does not exist")
     config_path = directory / "config.yaml"
@@ -318,7 +318,7 @@ def _check_files(spec: ModelSpec) -> None:
             raise ModelLoadError(f"Transcoder set '{spec.transcoder_ref}': {exc}") from None
 
 
-def resolve_transcoder_files(directory: Path, config: dict[str, Any]) -> dict[str, Any]:
+def resolve_transcoder_files(directory: Path, config: JSONObject) -> JSONObject:
     """Make relative transcoder paths absolute and check the files are there.
 
     Relative paths make a transcoder directory relocatable (the demo ships this way).

@@ -16,9 +16,12 @@ re-adds it) and when it must stay.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from neuronpedia_graph.schemas import ChatMessage, ParsedChatPrompt, Role
+
+if TYPE_CHECKING:
+    from neuronpedia_graph.models.protocols import Tokenizer
 
 # The roles whose turn delimiters are learned, in the order they win ties while parsing.
 _ROLES: tuple[Role, ...] = ("system", "user", "assistant")
@@ -36,13 +39,13 @@ class ChatTemplateMissing(ChatRenderError):
     """The model's tokenizer has no chat template, so messages cannot be rendered."""
 
 
-def strip_leading_bos(tokenizer: Any, text: str) -> str:
+def strip_leading_bos(tokenizer: Tokenizer, text: str) -> str:
     """`text` without one leading BOS string: the form shown to (and edited by) people."""
     bos = tokenizer.bos_token
     return text[len(bos) :] if bos and text.startswith(bos) else text
 
 
-def canonical_prompt(tokenizer: Any, text: str) -> str:
+def canonical_prompt(tokenizer: Tokenizer, text: str) -> str:
     """The spelling of `text` whose circuit-tracer tokenization starts with exactly one BOS.
 
     A leading BOS string is dropped when circuit-tracer puts the BOS back itself, and kept when
@@ -53,13 +56,13 @@ def canonical_prompt(tokenizer: Any, text: str) -> str:
     bos = tokenizer.bos_token
     if not bos or not body:
         return body
-    first = tokenizer(body, add_special_tokens=False).input_ids[:1]
+    first = tokenizer.encode(body, add_special_tokens=False)[:1]
     if first and first[0] in tokenizer.all_special_ids:
         return str(bos) + body
     return body
 
 
-def prompt_positions(tokenizer: Any, text: str) -> list[int]:
+def prompt_positions(tokenizer: Tokenizer, text: str) -> list[int]:
     """Token ids of `text` indexed by position, as attribution and steering count them.
 
     Args:
@@ -72,13 +75,13 @@ def prompt_positions(tokenizer: Any, text: str) -> list[int]:
     from circuit_tracer.replacement_model.common import ensure_tokenized
 
     text = canonical_prompt(tokenizer, text)
-    if not tokenizer(text, add_special_tokens=False).input_ids:
+    if not tokenizer.encode(text, add_special_tokens=False):
         return [_stand_in_bos(tokenizer)]  # ensure_tokenized cannot take zero tokens
     model_name = getattr(tokenizer, "name_or_path", "") or ""
     return ensure_tokenized(text, tokenizer, "cpu", model_name).tolist()
 
 
-def unsteerable_positions(tokenizer: Any, text: str) -> list[int]:
+def unsteerable_positions(tokenizer: Tokenizer, text: str) -> list[int]:
     """The positions `/steer` refuses to steer at: every BOS, in `prompt_positions` order.
 
     A BOS carries no content, and pushing on it destabilises everything after it; turn markers
@@ -95,11 +98,11 @@ def unsteerable_positions(tokenizer: Any, text: str) -> list[int]:
         Sorted positions; `[0]` for a plain prompt.
     """
     ids = prompt_positions(tokenizer, text)
-    body = tokenizer(canonical_prompt(tokenizer, text), add_special_tokens=False).input_ids
+    body = tokenizer.encode(canonical_prompt(tokenizer, text), add_special_tokens=False)
     return bos_positions(tokenizer, ids, len(body))
 
 
-def bos_positions(tokenizer: Any, ids: list[int], n_body: int) -> list[int]:
+def bos_positions(tokenizer: Tokenizer, ids: list[int], n_body: int) -> list[int]:
     """`unsteerable_positions` from an already tokenized prompt.
 
     Args:
@@ -117,7 +120,7 @@ def bos_positions(tokenizer: Any, ids: list[int], n_body: int) -> list[int]:
     return sorted(prepended | holding_bos)
 
 
-def render_chat(tokenizer: Any, messages: list[ChatMessage]) -> str:
+def render_chat(tokenizer: Tokenizer, messages: list[ChatMessage]) -> str:
     """Render messages exactly as the original server does: the text it attributes and echoes.
 
     The final turn stays open (`continue_final_message`), so the model continues it rather than
@@ -157,7 +160,7 @@ def render_chat(tokenizer: Any, messages: list[ChatMessage]) -> str:
         ) from exc
 
 
-def parse_chat_prompt(tokenizer: Any, prompt: str) -> ParsedChatPrompt:
+def parse_chat_prompt(tokenizer: Tokenizer, prompt: str) -> ParsedChatPrompt:
     """Recover the turns behind a rendered chat prompt, and the positions steering skips.
 
     Answers as the original server's `/parse-chat-prompt`: `prompt` is the input without one
@@ -187,15 +190,15 @@ def parse_chat_prompt(tokenizer: Any, prompt: str) -> ParsedChatPrompt:
 
 
 # --------------------------------------------------------------------------- template helpers
-def _has_template(tokenizer: Any) -> bool:
+def _has_template(tokenizer: Tokenizer) -> bool:
     return getattr(tokenizer, "chat_template", None) is not None
 
 
-def _model_name(tokenizer: Any) -> str:
+def _model_name(tokenizer: Tokenizer) -> str:
     return getattr(tokenizer, "name_or_path", "") or "this model"
 
 
-def _require_template(tokenizer: Any) -> None:
+def _require_template(tokenizer: Tokenizer) -> None:
     if not _has_template(tokenizer):
         raise ChatTemplateMissing(
             f"The tokenizer of {_model_name(tokenizer)} has no chat template, so chat messages "
@@ -203,11 +206,11 @@ def _require_template(tokenizer: Any) -> None:
         )
 
 
-def _apply(tokenizer: Any, conversation: list[dict[str, str]], **options: bool) -> str:
+def _apply(tokenizer: Tokenizer, conversation: list[dict[str, str]], **options: bool) -> str:
     return str(tokenizer.apply_chat_template(conversation, tokenize=False, **options))
 
 
-def _stand_in_bos(tokenizer: Any) -> int:
+def _stand_in_bos(tokenizer: Tokenizer) -> int:
     """The id circuit-tracer puts first when the text has none: the first truthy candidate."""
     candidates = [tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id]
     return next(filter(None, [*candidates, *tokenizer.all_special_ids]), 0)
@@ -221,7 +224,7 @@ class _Turn:
     footer: str  # the literal text that closes them
 
 
-def _probe(tokenizer: Any, roles: tuple[str, ...]) -> list[str] | None:
+def _probe(tokenizer: Tokenizer, roles: tuple[str, ...]) -> list[str] | None:
     """The template's own text around each content of a probe conversation, or None.
 
     None when the template refuses the role sequence or does not show each content once.
@@ -242,7 +245,7 @@ def _header_after_user(pieces: list[str] | None, user_footer: str) -> str | None
     return pieces[1][len(user_footer) :]
 
 
-def _learn_turns(tokenizer: Any) -> list[_Turn]:
+def _learn_turns(tokenizer: Tokenizer) -> list[_Turn]:
     """Every role's header and footer, learned by rendering probe conversations.
 
     A role's header is read between two user turns where the template allows that (a turn in

@@ -7,7 +7,7 @@ none. It runs once per request, during validation (`schemas.parse_request`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from neuronpedia_graph.errors import InvalidRequest
 from neuronpedia_graph.prompts.chat import (
@@ -19,11 +19,14 @@ from neuronpedia_graph.prompts.chat import (
 from neuronpedia_graph.prompts.rules import PromptFormatError, check_prompt_format
 from neuronpedia_graph.schemas import ChatMessage, EncodedPrompt, TokenPiece
 
+if TYPE_CHECKING:
+    from neuronpedia_graph.models.protocols import ReplacementModelLike
+
 
 class ModelPrompts:
     """Prompt rendering and tokenization exactly as circuit-tracer's `ensure_tokenized` sees it."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: ReplacementModelLike) -> None:
         self._model = model
 
     def render(self, messages: list[ChatMessage]) -> str:
@@ -43,7 +46,7 @@ class ModelPrompts:
         """
         tokenizer = self._model.tokenizer
         canonical = canonical_prompt(tokenizer, text)
-        body = tokenizer(canonical, add_special_tokens=False).input_ids if canonical else []
+        body = tokenizer.encode(canonical, add_special_tokens=False) if canonical else []
         if not body:
             return EncodedPrompt(text=canonical, ids=[], content_tokens=0)
         try:
@@ -51,7 +54,7 @@ class ModelPrompts:
         except PromptFormatError as exc:
             raise InvalidRequest(str(exc)) from None
         ids: list[int] = self._model.ensure_tokenized(canonical).tolist()
-        own = body if canonical == text else tokenizer(text, add_special_tokens=False).input_ids
+        own = body if canonical == text else tokenizer.encode(text, add_special_tokens=False)
         return EncodedPrompt(
             text=canonical,
             ids=ids,

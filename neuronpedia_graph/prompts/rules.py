@@ -9,7 +9,11 @@ client's mistake. The original server only prepended `<bos>` and failed the same
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from neuronpedia_graph.models.protocols import ReplacementModelLike
+
 
 # circuit-tracer's hard-coded prefix for gemma-3 "-it" models (replacement_model/common.py).
 GEMMA3_IT_PREFIX_IDS = (2, 105, 2364, 107)
@@ -25,17 +29,17 @@ def is_gemma3_it(model_name: str) -> bool:
     return "gemma-3" in model_name and model_name.endswith("-it")
 
 
-def check_prompt_format(model: Any, text: str) -> None:
+def check_prompt_format(model: ReplacementModelLike, text: str) -> None:
     """Raise PromptFormatError if `text` (as circuit-tracer will tokenize it) cannot be run.
 
     Args:
         model: the loaded ReplacementModel (its `cfg.model_name` and tokenizer are read).
         text: the canonical prompt text, exactly as passed to `ensure_tokenized`.
     """
-    model_name = str(getattr(model.cfg, "model_name", "") or "")
+    model_name = model.cfg.model_name or ""
     if not is_gemma3_it(model_name):
         return
-    ids = model.tokenizer(text, add_special_tokens=False).input_ids
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
     if tuple(ids[: len(GEMMA3_IT_PREFIX_IDS)]) != GEMMA3_IT_PREFIX_IDS:
         raise PromptFormatError(
             f"{model_name} is an instruct model: prompts must be chat turns starting with "
