@@ -31,7 +31,9 @@ class GunicornConfig(Protocol):
     """`gunicorn.config.Config`: the settings our worker, framer and reload policy use."""
 
     @property
-    def is_ssl(self) -> bool: ...
+    def is_ssl(self) -> str | None:
+        """The certificate (or key) file when TLS is configured, else None (not a bool)."""
+        ...
 
     @property
     def keepalive(self) -> int: ...
