@@ -115,6 +115,7 @@ class HandoffMiddleware:
         lines += ["Transfer-Encoding: chunked", "Connection: close", "", ""]
         head = "\r\n".join(lines).encode("latin-1")
         # Our worker gives the thread a write buffer over the socket; the stream needs the socket.
+        # (A real socket's own `detach()` would return a bare descriptor: use it as it is.)
         if isinstance(given, socket.socket):
             sock = given
         else:
