@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 import torch
+
+from neuronpedia_graph.json_types import JSONObject, JSONValue
 
 if TYPE_CHECKING:
     from circuit_tracer.graph import Graph
@@ -54,8 +56,8 @@ def graph_metadata(
     generator_version: str,
     create_time_ms: int,
     scores: GraphScores,
-    targets: list[str] | dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    targets: list[str] | JSONObject | None = None,
+) -> JSONObject:
     """The document's "metadata" object, as the web app reads it.
 
     Args:
@@ -75,7 +77,7 @@ def graph_metadata(
     Returns:
         The metadata mapping.
     """
-    metadata: dict[str, Any] = {
+    metadata: JSONObject = {
         "slug": request.slug_identifier,
         "scan": spec.scan,
         "transcoder_list": [],
@@ -112,7 +114,7 @@ def graph_metadata(
 
 def targets_metadata(
     targets: ResolvedTargets | None, graph: Graph
-) -> list[str] | dict[str, Any] | None:
+) -> list[str] | JSONObject | None:
     """How the document records the request's attribution targets (None: the salient logits).
 
     Token targets: the list of strings, as requested. A contrast: the request's
@@ -166,7 +168,7 @@ def build_graph_json(
     edge_mask: torch.Tensor,
     cumulative_scores: torch.Tensor,
     *,
-    metadata: Mapping[str, Any],
+    metadata: Mapping[str, JSONValue],
 ) -> bytes:
     """Neuronpedia graph document as UTF-8 JSON bytes: {"metadata": metadata (inserted as given),
     "qParams": circuit-tracer's defaults, "nodes": [...], "links": [...]}.
@@ -217,7 +219,7 @@ def build_graph_json(
 
 def _kept_nodes(
     graph: Graph, kept: torch.Tensor, kept_cpu: np.ndarray, cumulative_scores: torch.Tensor
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[JSONObject], list[str]]:
     """Node dicts (circuit-tracer's field order) and ids, for every index in `kept` (ascending;
     `kept_cpu` is the same on the CPU)."""
     n_features = len(graph.selected_features)
@@ -234,7 +236,7 @@ def _kept_nodes(
     layer_pos_feat = graph.active_features[selected.to(graph.active_features.device)].cpu()
     activation = graph.activation_values[selected.to(graph.activation_values.device)].cpu()
 
-    nodes: list[dict[str, Any]] = []
+    nodes: list[JSONObject] = []
     for (layer, pos, feat), infl, act in zip(
         layer_pos_feat.tolist(), influence[:f_end], activation.tolist(), strict=True
     ):
@@ -306,7 +308,7 @@ def _node(
     clerp: str = "",
     influence: float | None = None,
     activation: float | None = None,
-) -> dict[str, Any]:
+) -> JSONObject:
     """One node with every field of circuit-tracer's `Node`, in its declaration order."""
     return {
         "node_id": node_id,

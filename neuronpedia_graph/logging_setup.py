@@ -72,6 +72,7 @@ def configure_logging(level: str = "INFO") -> None:
         if getattr(handler, "_npg", False):
             return
     handler = logging.StreamHandler(sys.stderr)
+    # attr-defined: a marker on the stdlib handler (read back above with getattr).
     handler._npg = True  # type: ignore[attr-defined]
     handler.addFilter(RequestIdFilter())
     handler.addFilter(PrintedOnce())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, Protocol, TypeVar
+from typing import Annotated, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from neuronpedia_graph.errors import InvalidField, InvalidRequest
+from neuronpedia_graph.json_types import JSONObject, JSONValue
 from neuronpedia_graph.upload.guard import check_url_syntax
 
 MAX_PROMPT_CHARS = 10_000
@@ -41,7 +42,7 @@ SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def _integral_float(value: Any) -> Any:
+def _integral_float(value: object) -> object:
     """5000.0 -> 5000: JSON from JavaScript cannot tell integers from integral floats."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -202,7 +203,7 @@ class ContrastTargets(_Request):
     contrast: Annotated[list[TargetToken], Field(min_length=2, max_length=2)]
 
 
-def _targets_kind(value: Any) -> str:
+def _targets_kind(value: object) -> str:
     """Which form `attribution_targets` takes, so errors speak of that form alone."""
     return "contrast" if isinstance(value, (dict, ContrastTargets)) else "tokens"
 
@@ -528,7 +529,7 @@ class HealthResponse(BaseModel):
     max_feature_nodes: int
     vocabulary: SmallVocabulary | None = None  # null for real models' large vocabularies
     # GraphRequest's numeric defaults, so clients (the viewer) prefill forms without copying them.
-    defaults: dict[str, Any] = Field(
+    defaults: JSONObject = Field(
         default_factory=lambda: {
             k: f.default
             for k, f in GraphRequest.model_fields.items()
@@ -558,7 +559,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def parse_request(
-    model_cls: type[ModelT], data: Any, context: RequestContext | None = None
+    model_cls: type[ModelT], data: JSONValue, context: RequestContext | None = None
 ) -> ModelT:
     """Validate a decoded JSON body, once, against the server's limits when `context` is given.
 

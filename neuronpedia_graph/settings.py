@@ -15,7 +15,7 @@ import argparse
 import contextvars
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, Field, JsonValue, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -42,17 +42,34 @@ _SOURCES: contextvars.ContextVar[tuple[Mapping[str, str] | None, Path] | None] =
 )
 
 
+T = TypeVar("T")
+
+
 class SettingsError(ValueError):
     """A configuration problem the user must fix; the message is shown as one line."""
 
 
 def _setting(
-    default: Any, help: str, *, cli: bool = True, flag: str | None = None, **constraints: Any
-) -> Any:
+    default: T,
+    help: str,
+    *,
+    cli: bool = True,
+    flag: str | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> T:
     """A settings field; ``cli=False`` keeps secrets off the command line (and shell history),
-    ``flag`` names a command-line option that is not ``--field-name``."""
+    ``flag`` names a command-line option that is not ``--field-name``; ``ge`` ... ``lt`` are
+    numeric bounds (None: no bound, as pydantic reads it).
+
+    Typed as returning its default, as pydantic's `Field` is typed as returning `Any`: the
+    annotation `port: int = _setting(5004, ...)` is then checked against the default.
+    """
     extra: dict[str, JsonValue] = {"cli": cli, "flag": flag}
-    return Field(default, description=help, json_schema_extra=extra, **constraints)
+    field: T = Field(default, description=help, json_schema_extra=extra, ge=ge, gt=gt, le=le, lt=lt)
+    return field
 
 
 class Settings(BaseSettings):
@@ -174,7 +191,7 @@ class Settings(BaseSettings):
         "secret", "hf_token", "transcoder_set", "backend", "neuronpedia_model_id", mode="before"
     )
     @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
+    def _empty_is_unset(cls, value: object) -> object:
         return None if value in ("", None) else value
 
     @field_validator("device")

@@ -50,5 +50,6 @@ def create_app(service: GraphService, secret: str | None = None) -> Flask:
         app.register_blueprint(viewer_blueprint)
     from neuronpedia_graph.serving.stream_handoff import HandoffMiddleware
 
+    # method-assign: replacing wsgi_app is how Flask documents wrapping it in middleware.
     app.wsgi_app = HandoffMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     return app

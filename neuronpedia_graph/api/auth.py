@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import ParamSpec
 
 from flask import Flask, Response, current_app, request
 
@@ -20,11 +20,14 @@ def init_app(app: Flask, secret: str) -> None:
     app.extensions["npg_secret"] = secret.encode()
 
 
-def require_secret(view: Callable[..., Response]) -> Callable[..., Response]:
+P = ParamSpec("P")
+
+
+def require_secret(view: Callable[P, Response]) -> Callable[P, Response]:
     """401 without the header, 403 with a wrong one; the view runs only with the right one."""
 
     @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Response:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Response:
         given = request.headers.get(HEADER)
         if not given:
             return error_response(401, f"{HEADER} header missing")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from neuronpedia_graph import __version__
+from neuronpedia_graph.json_types import JSONObject
 from neuronpedia_graph.operations import OPERATIONS, Operation
 from neuronpedia_graph.schemas import BusyResponse, ErrorResponse, HealthResponse
 
@@ -30,7 +30,7 @@ _STATUS_TEXT = {
     502: "The graph was computed but could not be uploaded; it was kept in the spool",
     503: "The model is busy with another request; retry after Retry-After seconds",
 }
-_EXAMPLES: dict[str, dict[str, Any]] = {
+_EXAMPLES: dict[str, JSONObject] = {
     "generate-graph": {
         "prompt": "The city of Paris is in",
         "model_id": "demo",
@@ -71,8 +71,8 @@ _GRAPH_DOCUMENT = {
 }
 
 
-def _error(status: int) -> dict[str, Any]:
-    response: dict[str, Any] = {
+def _error(status: int) -> JSONObject:
+    response: JSONObject = {
         "description": _STATUS_TEXT[status],
         "content": {"application/json": {"schema": {"$ref": _REF.format(model="ErrorResponse")}}},
     }
@@ -83,9 +83,9 @@ def _error(status: int) -> dict[str, Any]:
     return response
 
 
-def _success(op: Operation) -> dict[str, Any]:
-    schema: dict[str, Any] = {"$ref": _REF.format(model=op.response.__name__)}
-    headers: dict[str, Any] = {
+def _success(op: Operation) -> JSONObject:
+    schema: JSONObject = {"$ref": _REF.format(model=op.response.__name__)}
+    headers: JSONObject = {
         "Server-Timing": {
             "description": "time per phase (tokenize, attribute or reused, prune, ...)",
             "schema": {"type": "string"},
@@ -106,7 +106,7 @@ def _success(op: Operation) -> dict[str, Any]:
     }
 
 
-def _operation(op: Operation) -> dict[str, Any]:
+def _operation(op: Operation) -> JSONObject:
     request_ref = {"$ref": _REF.format(model=op.request.__name__)}
     return {
         "operationId": op.name.replace("-", "_"),
@@ -134,17 +134,17 @@ def _get(
     summary: str,
     model: type[BaseModel] | None,
     media: str = "application/json",
-    schema: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    schema: JSONObject | None = None,
+) -> JSONObject:
     if model is not None:
         schema = {"$ref": _REF.format(model=model.__name__)}
-    content: dict[str, Any] = {media: {"schema": schema or {"type": "string"}}}
+    content: JSONObject = {media: {"schema": schema or {"type": "string"}}}
     return {
         "get": {"summary": summary, "responses": {"200": {"description": "OK", "content": content}}}
     }
 
 
-def build_openapi() -> dict[str, Any]:
+def build_openapi() -> JSONObject:
     """The OpenAPI 3.1 document for every endpoint.
 
     Returns:
@@ -161,7 +161,7 @@ def build_openapi() -> dict[str, Any]:
     )
     schemas = definitions.get("$defs", {})
     schemas["GraphDocument"] = _GRAPH_DOCUMENT
-    paths: dict[str, Any] = {
+    paths: JSONObject = {
         "/health": _get("Model, limits and busy state (no secret needed)", HealthResponse),
         "/check-busy": _get("Whether the model is in use", BusyResponse),
         "/metrics": _get("Prometheus metrics", None, "text/plain"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from pydantic import BaseModel
 
@@ -15,6 +14,7 @@ from neuronpedia_graph.jobs.models import (
     JobList,
     JobView,
 )
+from neuronpedia_graph.json_types import JSONObject, JSONValue
 from neuronpedia_graph.schemas import GraphRequest, StoredUploadRequest, UploadResponse
 
 MODELS: tuple[type[BaseModel], ...] = (JobCreated, JobView, JobList, StoredUploadRequest)
@@ -47,9 +47,7 @@ _THRESHOLDS = [
 ]
 
 
-def job_paths(
-    ref: Callable[[str], dict[str, Any]], error: Callable[[int], dict[str, Any]]
-) -> dict[str, Any]:
+def job_paths(ref: Callable[[str], JSONObject], error: Callable[[int], JSONObject]) -> JSONObject:
     """The /graphs paths.
 
     Args:
@@ -57,10 +55,10 @@ def job_paths(
         error: a status -> its documented error response (for the statuses the POSTs share).
     """
 
-    def err(status: int) -> dict[str, Any]:
+    def err(status: int) -> JSONObject:
         if status in (400, 413):
             return error(status)
-        response: dict[str, Any] = {
+        response: JSONObject = {
             "description": _TEXT[status],
             "content": {"application/json": {"schema": ref("ErrorResponse")}},
         }
@@ -70,14 +68,12 @@ def job_paths(
             }
         return response
 
-    def ok(
-        description: str, schema: dict[str, Any], media: str = "application/json"
-    ) -> dict[str, Any]:
+    def ok(description: str, schema: JSONObject, media: str = "application/json") -> JSONObject:
         return {"description": description, "content": {media: {"schema": schema}}}
 
     def op(
-        op_id: str, summary: str, responses: dict[int, dict[str, Any]], **extra: Any
-    ) -> dict[str, Any]:
+        op_id: str, summary: str, responses: dict[int, JSONObject], **extra: JSONValue
+    ) -> JSONObject:
         return {
             "operationId": op_id,
             "summary": summary,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, request
@@ -12,6 +12,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from neuronpedia_graph.api.auth import require_secret
 from neuronpedia_graph.api.responses import json_response
 from neuronpedia_graph.errors import InvalidRequest, ServiceError
+from neuronpedia_graph.json_types import JSONValue
 from neuronpedia_graph.limits import MAX_BODY_BYTES
 from neuronpedia_graph.operations import OPERATIONS, Operation
 from neuronpedia_graph.schemas import BusyResponse
@@ -69,7 +70,7 @@ def openapi() -> Response:
     return json_response(build_openapi())
 
 
-def _body() -> Any:
+def _body() -> JSONValue:
     raw = request.get_data(cache=False)
     if request.content_length is None and len(raw) >= MAX_BODY_BYTES:  # chunked, cut at limit
         raise RequestEntityTooLarge()

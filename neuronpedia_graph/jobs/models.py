@@ -6,9 +6,11 @@ Light on purpose (no ML imports): the OpenAPI generator and the routes read them
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from neuronpedia_graph.json_types import JSONObject
 
 Status = Literal["queued", "running", "done", "failed", "cancelled"]
 FINISHED: frozenset[str] = frozenset({"done", "failed", "cancelled"})
@@ -24,7 +26,7 @@ class JobError(BaseModel):
     """The reply the synchronous /generate-graph would have given: its status and body."""
 
     status: int
-    body: dict[str, Any]
+    body: JSONObject
 
 
 class JobLinks(BaseModel):
@@ -53,9 +55,9 @@ class JobRecord(BaseModel):
     phase: str | None = None
     progress: float = 0.0
     timings: dict[str, float] = Field(default_factory=dict)
-    request: dict[str, Any] = Field(default_factory=dict)
+    request: JSONObject = Field(default_factory=dict)
     uploads: bool = False
-    result: dict[str, Any] | None = None
+    result: JSONObject | None = None
     error: JobError | None = None
 
 
@@ -75,7 +77,7 @@ class JobView(BaseModel):
     finished_at: float | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="ms per phase")
     slug_identifier: str | None = None
-    result: dict[str, Any] | None = None
+    result: JSONObject | None = None
     error: JobError | None = None
     links: JobLinks
 

@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+
+from neuronpedia_graph.json_types import JSONObject
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +28,11 @@ class ThrottledReporter:
         interval: least seconds between two sends within one phase.
     """
 
-    def __init__(self, send: Callable[[dict[str, Any]], None], interval: float = 2.0) -> None:
+    def __init__(self, send: Callable[[JSONObject], None], interval: float = 2.0) -> None:
         self._send = send
         self.interval = interval
         self._cond = threading.Condition()
-        self._latest: dict[str, Any] | None = None
+        self._latest: JSONObject | None = None
         self._last_phase: str | None = None
         self._last_sent = float("-inf")
         self._last_progress = -1.0

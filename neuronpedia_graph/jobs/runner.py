@@ -33,6 +33,7 @@ from neuronpedia_graph.jobs.models import (
     JobList,
     JobRecord,
     JobView,
+    Status,
     links_for,
 )
 from neuronpedia_graph.jobs.progress import JobCancelled, ProgressTracker
@@ -277,7 +278,7 @@ class JobRunner:
         )
         timings = TrackedTimings(tracker)
         error: JobError | None = None
-        status = "failed"
+        status: Status = "failed"
         result: GraphResult | None = None
         try:
             tracker.checkpoint("job-start")
@@ -304,7 +305,7 @@ class JobRunner:
             error = JobError(status=code, body={**body, "request_id": job.record.id})
         with self.cond:
             record = job.record
-            record.status = status  # type: ignore[assignment]
+            record.status = status
             record.finished_at = time.time()
             record.timings = {k: round(v, 1) for k, v in timings.phases.items()}
             record.error = error

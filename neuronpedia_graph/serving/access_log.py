@@ -13,11 +13,20 @@ may put a token there.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from gunicorn.glogging import Logger
 
 from neuronpedia_graph.logging_setup import SafeLogFilter
+from neuronpedia_graph.serving.gunicorn_types import (
+    GunicornConfig,
+    GunicornRequest,
+    GunicornResponse,
+)
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
 
 REDACTED = "[redacted]"
 # Request headers (lower case, as gunicorn's `{name}i` atoms) whose values are never logged.
@@ -29,19 +38,26 @@ def _strip_query(target: str) -> str:
     return f"{path}?{REDACTED}" if sep else path
 
 
-class RedactingLogger(Logger):  # type: ignore[misc]
+class RedactingLogger(Logger):  # type: ignore[misc]  # misc: gunicorn's Logger is untyped
     """gunicorn's Logger with query strings and credential headers removed from access atoms,
     and every line (access and error log) passed through `SafeLogFilter`."""
 
-    def setup(self, cfg: Any) -> None:
+    def setup(self, cfg: GunicornConfig) -> None:
         super().setup(cfg)
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 if not any(isinstance(f, SafeLogFilter) for f in handler.filters):
                     handler.addFilter(SafeLogFilter())
 
-    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> Any:
-        atoms = super().atoms(resp, req, environ, request_time)
+    def atoms(
+        self,
+        resp: GunicornResponse,
+        req: GunicornRequest,
+        environ: WSGIEnvironment,
+        request_time: timedelta,
+    ) -> dict[str, object]:
+        """gunicorn's format atoms (strings and numbers by atom name), secrets redacted."""
+        atoms: dict[str, object] = super().atoms(resp, req, environ, request_time)
         target = _strip_query(str(environ.get("RAW_URI") or environ.get("PATH_INFO") or ""))
         atoms["r"] = f"{environ.get('REQUEST_METHOD')} {target} {environ.get('SERVER_PROTOCOL')}"
         if environ.get("QUERY_STRING"):

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import mmap
 import sys
-from typing import Any
+
+from neuronpedia_graph.serving.gunicorn_types import GunicornArbiter, GunicornWorker
 
 WORKER_BOOT_ERROR = 3  # gunicorn's own code for "worker failed to boot": exit status of the CLI
 
@@ -38,11 +39,11 @@ class BootGuard:
         """Called in the worker once the model is loaded and the app is built."""
         self._flag[0] = 1
 
-    def pre_fork(self, _arbiter: Any, _worker: Any) -> None:
+    def pre_fork(self, _arbiter: GunicornArbiter, _worker: GunicornWorker) -> None:
         """gunicorn hook (master): a new worker starts not ready."""
         self._flag[0] = 0
 
-    def child_exit(self, arbiter: Any, worker: Any) -> None:
+    def child_exit(self, arbiter: GunicornArbiter, worker: GunicornWorker) -> None:
         """gunicorn hook (master): halt if the worker died before the model was ready.
 
         Args:
@@ -52,9 +53,9 @@ class BootGuard:
         Raises:
             HaltServer: caught by the arbiter's main loop, which stops and exits non-zero.
         """
-        if self.ready or not getattr(arbiter, "LISTENERS", None):
+        if self.ready or not arbiter.LISTENERS:
             return  # it had loaded (restart it), or the server is shutting down anyway
-        if getattr(worker, "age", None) != getattr(arbiter, "worker_age", None):
+        if worker.age != arbiter.worker_age:
             return  # an older worker: the flag describes the newest one, still loading
         from gunicorn.errors import HaltServer
 

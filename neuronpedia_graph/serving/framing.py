@@ -30,7 +30,6 @@ request without exactly one `Host` is 400 (RFC 9112 section 3.2).
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
 
 from gunicorn.http import errors as gerr
 from gunicorn.http.body import Body, ChunkedReader, LengthReader
@@ -39,6 +38,7 @@ from gunicorn.http.unreader import IterUnreader
 
 from neuronpedia_graph.errors import error_body
 from neuronpedia_graph.limits import RETRY_AFTER_SECONDS
+from neuronpedia_graph.serving.gunicorn_types import GunicornConfig, SocketAddress
 
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 # A chunk extension holds visible ASCII, space and tab only (no CR, LF, NUL or other controls).
@@ -57,7 +57,7 @@ class RequestRejected(Exception):
         self.message = message
 
 
-def rejection_for(exc: BaseException, cfg: Any) -> RequestRejected:
+def rejection_for(exc: BaseException, cfg: GunicornConfig) -> RequestRejected:
     """Map a gunicorn parse error to a status and a message that does not echo the input.
 
     gunicorn's own messages quote the offending bytes (a request line may carry a secret in
@@ -127,7 +127,7 @@ class RequestFramer:
     Call `feed(buffer)` each time bytes were appended; the buffer must only grow between calls.
     """
 
-    def __init__(self, cfg: Any, peer: Any, max_body_bytes: int) -> None:
+    def __init__(self, cfg: GunicornConfig, peer: SocketAddress, max_body_bytes: int) -> None:
         self.cfg = cfg
         self.peer = peer
         self.max_body_bytes = max_body_bytes

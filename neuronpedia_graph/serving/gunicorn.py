@@ -11,18 +11,24 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from neuronpedia_graph.hooks import NO_HOOKS, Hooks
 from neuronpedia_graph.serving.boot_guard import (
     WORKER_BOOT_ERROR,  # gunicorn halts on this exit code
 )
+from neuronpedia_graph.serving.gunicorn_types import GunicornWorker
 from neuronpedia_graph.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from neuronpedia_graph.models.loading import LoadedModel
 
 logger = logging.getLogger("neuronpedia_graph")
 
 
-def banner(loaded: Any, settings: Settings) -> str:
+def banner(loaded: LoadedModel, settings: Settings) -> str:
     from neuronpedia_graph.versions import describe_versions
 
     spec = loaded.spec
@@ -41,7 +47,7 @@ def banner(loaded: Any, settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def build_app(settings: Settings, hooks: Hooks = NO_HOOKS) -> Any:
+def build_app(settings: Settings, hooks: Hooks = NO_HOOKS) -> Flask:
     """Load the model and wrap it in the Flask app (runs in the serving process)."""
     from neuronpedia_graph.api import create_app
     from neuronpedia_graph.models.loading import load_model
@@ -89,7 +95,7 @@ def serve_gunicorn(
     guard = BootGuard()
     channel = LogLevelChannel(settings.log_level)
 
-    def post_worker_init(_worker: Any) -> None:
+    def post_worker_init(_worker: GunicornWorker) -> None:
         install_shutdown_notice()
         follow_log_level(channel)
 
@@ -103,7 +109,7 @@ def serve_gunicorn(
             write_timeout=settings.write_timeout,
         )
 
-    class GraphServer(BaseApplication):  # type: ignore[misc]
+    class GraphServer(BaseApplication):  # type: ignore[misc]  # misc: gunicorn is untyped
         def load_config(self) -> None:
             options = {
                 "bind": f"{settings.host}:{settings.port}",
@@ -126,7 +132,7 @@ def serve_gunicorn(
             for key, value in options.items():
                 self.cfg.set(key, value)
 
-        def load(self) -> Any:
+        def load(self) -> Flask:
             try:
                 app = build_app(settings, hooks)
             except (ModelLoadError, SettingsError) as exc:

@@ -23,8 +23,8 @@ import mmap
 import signal
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
+from neuronpedia_graph.serving.gunicorn_types import GunicornApplication, GunicornArbiter
 from neuronpedia_graph.settings import Settings, SettingsError
 
 # Settings that the running server applies on SIGHUP; every other change needs a restart.
@@ -87,7 +87,7 @@ def changed_settings(old: Settings, new: Settings) -> list[str]:
 
 def arbiter_class(
     current: Settings, reread: Callable[[], Settings], channel: LogLevelChannel
-) -> type:
+) -> type[GunicornArbiter]:
     """gunicorn's Arbiter with the reload policy of the module docstring.
 
     Args:
@@ -100,8 +100,8 @@ def arbiter_class(
     """
     from gunicorn.arbiter import Arbiter
 
-    class ModelServerArbiter(Arbiter):  # type: ignore[misc]
-        settings = current
+    class ModelServerArbiter(Arbiter):  # type: ignore[misc]  # misc: gunicorn is untyped
+        settings: Settings = current
 
         def reload(self) -> None:
             pids = ", ".join(str(pid) for pid in self.WORKERS) or "none"
@@ -148,7 +148,9 @@ def arbiter_class(
     return ModelServerArbiter
 
 
-def run_arbiter(app: Any, arbiter: type) -> None:
+def run_arbiter(
+    app: GunicornApplication, arbiter: Callable[[GunicornApplication], GunicornArbiter]
+) -> None:
     """`BaseApplication.run` with our Arbiter (gunicorn's own builds its Arbiter itself)."""
     import sys
 

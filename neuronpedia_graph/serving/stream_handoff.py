@@ -26,8 +26,20 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
+
+from neuronpedia_graph.serving.gunicorn_types import (
+    ClientSocket,
+    GthreadConnection,
+    GunicornRequest,
+    SocketAddress,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 ENVIRON_KEY = "npg.stream_handoff"
 _claimed: set[int] = set()
@@ -59,7 +71,7 @@ def _claim(sock: socket.socket) -> None:
         _claimed.add(id(sock))
 
 
-def _unclaim(sock: Any) -> bool:
+def _unclaim(sock: object) -> bool:
     with _claimed_lock:
         if id(sock) in _claimed:
             _claimed.discard(id(sock))
@@ -67,34 +79,47 @@ def _unclaim(sock: Any) -> bool:
         return False
 
 
+class DetachableSocket(Protocol):
+    """A write buffer standing in for the connection (the buffering worker's outbox)."""
+
+    def detach(self) -> socket.socket:
+        """The socket itself; raises if part of a response is still buffered."""
+        ...
+
+
 class HandoffMiddleware:
     """Wraps the Flask WSGI app: performs the handoff a view asked for (see module doc)."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+    def __init__(self, app: WSGIApplication) -> None:
         self.app = app
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        captured: list[Any] = []
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        captured: list[tuple[str, list[tuple[str, str]]]] = []
 
-        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            captured[:] = [status, headers]
+        def capture(
+            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
+        ) -> Callable[[bytes], object]:
+            captured[:] = [(status, headers)]
             return start_response(status, headers, exc_info)
 
         result = self.app(environ, capture)
         handoff: Handoff | None = environ.get(ENVIRON_KEY)
-        sock = environ.get("gunicorn.socket")
-        if handoff is None or sock is None or not supported() or not captured:
+        given: socket.socket | DetachableSocket | None = environ.get("gunicorn.socket")
+        if handoff is None or given is None or not supported() or not captured:
             return result
-        if hasattr(result, "close"):
-            result.close()
-        status, headers = captured
+        if (close := getattr(result, "close", None)) is not None:
+            close()
+        status, headers = captured[0]
         lines = [f"HTTP/1.1 {status}"]
         lines += [f"{name}: {value}" for name, value in headers if name.lower() != "content-length"]
         lines += ["Transfer-Encoding: chunked", "Connection: close", "", ""]
         head = "\r\n".join(lines).encode("latin-1")
         # Our worker gives the thread a write buffer over the socket; the stream needs the socket.
-        if (detach := getattr(sock, "detach", None)) is not None:
-            sock = detach()
+        # (A real socket's own `detach()` would return a bare descriptor: use it as it is.)
+        if isinstance(given, socket.socket):
+            sock = given
+        else:
+            sock = given.detach()
             sock.settimeout(10.0)  # the head is small; the pump makes it non-blocking again
         try:
             sock.sendall(head + chunk(handoff.first))
@@ -116,18 +141,26 @@ class HandoffWorkerMixin:
 
     nr_conns: int
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         global _supported
         super().__init__(*args, **kwargs)
         _supported = True
 
-    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+    def handle_error(
+        self,
+        req: GunicornRequest | None,
+        client: ClientSocket,
+        addr: SocketAddress | None,
+        exc: BaseException,
+    ) -> None:
         if isinstance(exc, StreamHandedOff):
             return
+        # misc: the worker class this is mixed into defines it; the mixin's own base is object.
         super().handle_error(req, client, addr, exc)  # type: ignore[misc]
 
-    def finish_request(self, conn: Any, fs: Any) -> None:
+    def finish_request(self, conn: GthreadConnection, fs: Future[bool]) -> None:
         if _unclaim(getattr(conn, "raw_sock", conn.sock)):
             self.nr_conns -= 1  # the stream thread owns the socket now
             return
+        # misc: as above, gunicorn's worker defines it.
         super().finish_request(conn, fs)  # type: ignore[misc]

@@ -55,9 +55,10 @@ import selectors
 import socket
 import time
 from collections import deque
+from concurrent.futures import Future
 from datetime import timedelta
 from functools import partial
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from gunicorn import util
 from gunicorn.http.errors import (
@@ -76,6 +77,13 @@ from neuronpedia_graph.serving.framing import (
     body_reader,
     error_response_bytes,
     rejection_for,
+)
+from neuronpedia_graph.serving.gunicorn_types import (
+    ClientSocket,
+    GunicornConfig,
+    GunicornLogger,
+    GunicornRequest,
+    SocketAddress,
 )
 from neuronpedia_graph.serving.stream_handoff import HandoffWorkerMixin
 from neuronpedia_graph.settings import Settings
@@ -101,15 +109,22 @@ _RECV_SIZE = 1 << 14
 _NO_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-class _BufferedRequestParser(RequestParser):  # type: ignore[misc]  # gunicorn is untyped
+# misc: gunicorn is untyped, so its classes are `Any` to mypy (see gunicorn_types).
+class _BufferedRequestParser(RequestParser):  # type: ignore[misc]
     """gunicorn's request parser over the bytes of exactly one buffered request."""
 
-    def __init__(self, cfg: Any, request: bytes, client: Any, decoded: bytes | None) -> None:
+    def __init__(
+        self,
+        cfg: GunicornConfig,
+        request: bytes,
+        client: SocketAddress,
+        decoded: bytes | None,
+    ) -> None:
         super().__init__(cfg, [request], client)
         self._decoded = decoded
 
-    def __next__(self) -> Any:
-        req = super().__next__()
+    def __next__(self) -> GunicornRequest:
+        req: GunicornRequest = super().__next__()
         # The whole body is already here: the event loop answered any `Expect: 100-continue`.
         req._expected_100_continue = False
         if self._decoded is not None:  # chunked: the framer decoded it; the head came alone
@@ -194,11 +209,13 @@ class _Outbox:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def getpeername(self) -> Any:
-        return self.sock.getpeername()
+    def getpeername(self) -> SocketAddress:
+        address: SocketAddress = self.sock.getpeername()
+        return address
 
-    def getsockname(self) -> Any:
-        return self.sock.getsockname()
+    def getsockname(self) -> SocketAddress:
+        address: SocketAddress = self.sock.getsockname()
+        return address
 
     def shutdown(self, _how: int) -> None:
         self.closing = True
@@ -208,10 +225,23 @@ class _Outbox:
         self.closing = True
 
 
-class _Conn(TConn):  # type: ignore[misc]
-    """A gthread connection plus what the event loop knows about its next request."""
+class _Conn(TConn):  # type: ignore[misc]  # misc: gunicorn's TConn is untyped
+    """A gthread connection plus what the event loop knows about its next request.
 
-    def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any) -> None:
+    `sock` is what gunicorn's thread writes to (the outbox while a thread has the connection);
+    the event loop reads, lingers and closes through `raw_sock`, the socket itself.
+    """
+
+    sock: ClientSocket
+    client: SocketAddress
+
+    def __init__(
+        self,
+        cfg: GunicornConfig,
+        sock: socket.socket,
+        client: SocketAddress,
+        server: SocketAddress,
+    ) -> None:
         super().__init__(cfg, sock, client, server)
         self.initialized = True  # never let the thread wait for data or wrap the socket
         self.buf = bytearray()
@@ -224,8 +254,16 @@ class _Conn(TConn):  # type: ignore[misc]
         self.keep_after_write = False
 
 
-class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
+class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # misc: gunicorn is untyped
     """gthread, except that pool threads only ever see complete requests and never block."""
+
+    # What this class uses of gunicorn's (untyped) worker, with its types.
+    cfg: GunicornConfig
+    log: GunicornLogger
+    poller: selectors.BaseSelector
+    alive: bool
+    nr_conns: int
+    worker_connections: int
 
     request_read_timeout: float = DEFAULT_REQUEST_READ_TIMEOUT
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -234,7 +272,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
     request_buffer_budget: int = DEFAULT_REQUEST_BUFFER_BUDGET
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         # gthread stops accepting at worker_connections; we shed before reaching it.
         self.worker_connections = self.max_connections
@@ -248,14 +286,14 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._last_warning: dict[str, float] = {}
 
     @classmethod
-    def check_config(cls, cfg: Any, log: Any) -> None:
+    def check_config(cls, cfg: GunicornConfig, log: GunicornLogger) -> None:
         super().check_config(cfg, log)
         if cfg.is_ssl:
             raise RuntimeError(
                 f"{cls.__name__} does not terminate TLS: put a TLS reverse proxy in front"
             )
 
-    def _warn(self, key: str, message: str, *args: Any) -> None:
+    def _warn(self, key: str, message: str, *args: object) -> None:
         """A warning at most every 10 s per kind: an attack must not flood the log."""
         now = time.monotonic()
         if now - self._last_warning.get(key, -1e9) >= 10.0:
@@ -369,7 +407,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._buffered += held - conn.counted
         conn.counted = held
 
-    def _on_readable(self, conn: _Conn, _fileobj: Any) -> None:
+    def _on_readable(self, conn: _Conn, _fileobj: socket.socket) -> None:
         if conn not in self._reading:  # shed earlier in the same batch of events
             return
         try:
@@ -384,7 +422,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         eof = False
         while received < READ_PER_EVENT:
             try:
-                data = conn.sock.recv(_RECV_SIZE)
+                data = conn.raw_sock.recv(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -466,7 +504,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         # and then closes a connection it announced as keep-alive).
         return bool(keepalive) and bool(conn.parser.finish_body())
 
-    def finish_request(self, conn: _Conn, fs: Any) -> None:
+    def finish_request(self, conn: _Conn, fs: Future[bool]) -> None:
         """Runs on the main thread when a pool thread is done with the connection."""
         conn.sock = conn.raw_sock
         outbox, conn.outbox = conn.outbox, None
@@ -488,7 +526,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             return
         self._after_response(conn, keep)
 
-    def _on_writable(self, conn: _Conn, _fileobj: Any) -> None:
+    def _on_writable(self, conn: _Conn, _fileobj: socket.socket) -> None:
         if conn not in self._writing or conn.outbox is None:  # closed earlier in this batch
             return
         try:
@@ -522,7 +560,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 util.close(conn.sock)
             return
         self._stop_reading(conn)
-        self._linger(conn.sock)
+        self._linger(conn.raw_sock)
 
     # ------------------------------------------------------------ closing
     def _forget(self, conn: _Conn) -> None:
@@ -547,7 +585,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         with contextlib.suppress(OSError):
             conn.sock.send(error_response_bytes(rejected.status, rejected.message))
         if linger:
-            self._linger(conn.sock)
+            self._linger(conn.raw_sock)
         else:
             self.nr_conns -= 1
             util.close(conn.sock)
@@ -633,9 +671,15 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             self._accept_paused_until = 0.0
 
     # ------------------------------------------------------------ errors in a thread
-    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+    def handle_error(
+        self,
+        req: GunicornRequest | None,
+        client: ClientSocket,
+        addr: SocketAddress | None,
+        exc: BaseException,
+    ) -> None:
         """gunicorn-level errors raised in a thread, answered as JSON without echoing input."""
-        addr = addr or ("", -1)
+        host, port = (str(addr[0]), str(addr[1])) if isinstance(addr, tuple) else ("", "-1")
         if isinstance(exc, ParseException) and not isinstance(
             exc, (InvalidResponseHeader, InvalidResponseHeaderName)
         ):
@@ -647,12 +691,12 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             self.log.exception("Error handling request %s", path)
         else:
             self.log.warning(
-                "Rejected request from %s: %d %s", addr[0], rejected.status, rejected.message
+                "Rejected request from %s: %d %s", host, rejected.status, rejected.message
             )
         if req is not None:
             environ = default_environ(req, client, self.cfg)
-            environ["REMOTE_ADDR"] = addr[0]
-            environ["REMOTE_PORT"] = str(addr[1])
+            environ["REMOTE_ADDR"] = host
+            environ["REMOTE_PORT"] = port
             resp = Response(req, client, self.cfg)
             resp.status = f"{rejected.status} {rejected.message}"
             self.log.access(resp, req, environ, timedelta(0))
@@ -699,7 +743,7 @@ def configured_worker(
     )
 
 
-def _peer(client: Any) -> str:
-    if isinstance(client, (tuple, list)) and client:
+def _peer(client: SocketAddress | None) -> str:
+    if isinstance(client, tuple) and client:
         return str(client[0])
     return str(client or "-")

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from neuronpedia_graph.errors import InvalidField, ServerBusy, ServiceError, UploadFailed
 from neuronpedia_graph.upload.guard import (
@@ -43,6 +43,9 @@ from neuronpedia_graph.upload.guard import (
 )
 from neuronpedia_graph.upload.spool import Spool, SpoolFull
 from neuronpedia_graph.upload.transfer import UploadError, UploadPolicy, UploadResult, put_graph
+
+if TYPE_CHECKING:
+    from neuronpedia_graph.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +145,11 @@ class UploadQueue:
         _QUEUES.add(self)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> UploadQueue:
+    def from_settings(cls, settings: Settings) -> UploadQueue:
         """Build the queue from `Settings` (upload_* fields, spool_dir).
 
         Args:
-            settings: a `neuronpedia_graph.settings.Settings`.
+            settings: the server's settings.
 
         Returns:
             The queue; its threads start with the first upload. The spool's files are listed

@@ -23,7 +23,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TypeVar, cast
 
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
@@ -70,8 +70,15 @@ _READ_BLOCK = 16 * 1024
 _SAFE_CODE = re.compile(r"[A-Za-z0-9]{1,64}")
 
 
-def _default(name: str) -> Any:
-    return Settings.model_fields[name].default
+_T = TypeVar("_T")
+
+
+def _default(name: str, kind: type[_T]) -> _T:
+    """The default of the `Settings` field `name`, checked to be a `kind`."""
+    value = Settings.model_fields[name].default
+    if not isinstance(value, kind):
+        raise TypeError(f"Settings.{name} defaults to {value!r}, not a {kind.__name__}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -83,13 +90,13 @@ class UploadPolicy:
     hours. `ca_certs` is a PEM bundle for https targets (None: certifi's).
     """
 
-    connect_timeout: float = _default("upload_connect_timeout")
-    read_timeout: float = _default("upload_read_timeout")
-    retries: int = _default("upload_retries")  # extra attempts after the first
-    backoff_factor: float = _default("upload_backoff")  # exponential backoff (urllib3 Retry)
+    connect_timeout: float = _default("upload_connect_timeout", float)
+    read_timeout: float = _default("upload_read_timeout", float)
+    retries: int = _default("upload_retries", int)  # extra attempts after the first
+    backoff_factor: float = _default("upload_backoff", float)  # exponential backoff (Retry)
     backoff_max: float = 10.0
     ca_certs: str | None = None
-    deadline: float = _default("upload_deadline")  # the whole upload: attempts, waits, 1xx
+    deadline: float = _default("upload_deadline", float)  # the whole upload: attempts, waits, 1xx
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadPolicy:
@@ -138,7 +145,7 @@ class UploadError(Exception):
         self.code = code
         self.attempts = attempts
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> tuple[type[UploadError], tuple[str], dict[str, object]]:
         # Keyword-only attributes are not in `args`; keep them when the error crosses processes.
         return (type(self), (self.detail,), self.__dict__)
 
@@ -252,6 +259,7 @@ def _cut(sock: socket.socket) -> None:
 def _watched(connection_cls: type, deadline: _Deadline) -> type:
     """A urllib3 connection class whose sockets the deadline can cut."""
 
+    # misc: the base is chosen at run time (urllib3's HTTP or HTTPS connection class).
     class Watched(connection_cls):  # type: ignore[misc]
         def connect(self) -> None:
             super().connect()
