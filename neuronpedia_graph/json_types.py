@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any, TypeAlias
 
-#: A decoded (or about-to-be-encoded) JSON object. `Any`: JSON values are unknowable until
-#: pydantic validates them, and a document we build mixes every JSON type.
+#: A decoded (or about-to-be-encoded) JSON object.
+# Any: JSON values are unknowable until pydantic validates them; a document we build mixes types.
 JSONObject: TypeAlias = dict[str, Any]
 
-#: Any decoded JSON value (a body need not be an object until we check it is). `Any`: as above.
+#: A decoded JSON value of any kind (a body need not be an object until we check that it is).
+# Any: as above.
 JSONValue: TypeAlias = Any
 
 __all__ = ["JSONObject", "JSONValue"]
