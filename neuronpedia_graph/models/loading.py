@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING, Any
 from neuronpedia_graph.models.spec import (
     ModelLoadError,
     ModelSpec,
+    local_transcoder_config,
     preflight,
-    read_local_config,
     resolve_spec,
-    resolve_transcoder_files,
     token_note,
 )
 from neuronpedia_graph.settings import Settings
@@ -74,7 +73,7 @@ def _load_local_transcoders(
 ) -> Any:
     from circuit_tracer.utils.hf_utils import load_transcoders
 
-    config = resolve_transcoder_files(directory, read_local_config(directory))
+    config = local_transcoder_config(directory)
     config.setdefault("scan", directory.name)
     return load_transcoders(config, device, dtype, settings.lazy_encoder, settings.lazy_decoder)
 
