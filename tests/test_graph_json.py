@@ -270,7 +270,8 @@ def test_gzip_compresses_json_and_honours_the_level():
 
 def test_benchmark_quick_run_prints_the_machine_readable_line():
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "serialize.py"), "--quick", "--reps", "1"],
+        [sys.executable, "-m", "bench.serialize", "--quick", "--reps", "1"],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,

@@ -315,11 +315,11 @@ def test_cached_generation_equals_a_full_recompute_on_every_fabricated_architect
 
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
-    script = str(repo / "bench" / "steer.py")
     done = subprocess.run(
         [
             sys.executable,
-            script,
+            "-m",
+            "bench.steer",
             "--check",
             ",".join(PAIRS),
             "--new",
@@ -328,6 +328,7 @@ def test_cached_generation_equals_a_full_recompute_on_every_fabricated_architect
             str(tmp_path),
         ],
         env=env,
+        cwd=repo,
         capture_output=True,
         text=True,
         timeout=600,
