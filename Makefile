@@ -80,69 +80,69 @@ format: install-dev
 	$(PY) -m ruff format .
 
 bench: install-dev
-	$(PY) bench/serialize.py
+	$(PY) -m bench.serialize
 
 bench-viewer: install-dev browser
-	$(PY) bench/viewer_render.py
+	$(PY) -m bench.viewer_render
 
 # 16 clients for 60 s against a `make run`-equivalent server, with half-open connections and slow
 # upload targets (loopback only). Last line: errors=... health_p99_ms=... rss_growth_mb=...
 bench-load: install-dev
-	HF_HUB_OFFLINE=1 $(PY) bench/load.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.load $(ARGS)
 
 # Synchronous graphs with a full job queue against two synchronous clients (docs/jobs.md).
 # Last line: sync_503_today=... sync_503_with_jobs=... sync_p50_ms_alone=... ...
 bench-jobs: install-dev
-	HF_HUB_OFFLINE=1 $(PY) bench/jobs_sharing.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.jobs_sharing $(ARGS)
 
 # The five server-layer attacks at full size, together, while honest clients make graphs
 # (loopback only; about 2 minutes). Last line: errors= health_p99_ms= honest_graph_p99_s= ...
 bench-attack: install-dev
-	HF_HUB_OFFLINE=1 $(PY) bench/attack.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.attack $(ARGS)
 
 # Half-open connections against stock gthread and our buffering worker (the worker's evidence).
 bench-half-open: install-dev
-	HF_HUB_OFFLINE=1 $(PY) bench/half_open.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.half_open $(ARGS)
 
 # The presets at full architecture size on CPU (random weights; ~15 min, needs ~14 GB free RAM).
 check-full-size: install-dev
-	$(PY) bench/full_size.py
+	$(PY) -m bench.full_size
 
 # neuronpedia_graph.prune against circuit-tracer's prune_graph: time, peak memory, and the
 # largest graph each prunes within 20 GiB (needs 21 GiB free; under 10 minutes).
 bench-prune: install-dev
-	$(PY) bench/prune.py
+	$(PY) -m bench.prune
 
 # Graph scores derived from the prune against circuit-tracer's compute_graph_scores at 11.7k
 # nodes: time, peak memory, equality (about 2 minutes, children of a few GiB).
 bench-scores: install-dev
-	$(PY) bench/scores.py
+	$(PY) -m bench.scores
 
 # Re-pruning a stored attribution against recomputing the graph (demo model, fabricated small
 # gemma), and a synthetic 11.7k-node stored graph's size, load, prune and JSON (about 1 minute).
 # Last line: reprune_speedup=... store_bytes_per_node2=...
 bench-reprune: install-dev
-	HF_HUB_OFFLINE=1 $(PY) bench/reprune.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.reprune $(ARGS)
 
 # /steer generation: full recompute per token against the key/value cache, on a fabricated small
 # Llama (prompts 32 and 1024 tokens x 8/64/256 new). Last line: speedup_1024x64=... max_logit_diff=...
 bench-steer: install-dev
-	HF_HUB_OFFLINE=1 $(PY) bench/steer.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.steer $(ARGS)
 
 # Offline wheels for a GPU host that has torch and no network (docs/air-gapped.md): writes
 # wheelhouse/ and wheelhouse/requirements.txt (hashed, no index), prints the size report.
 wheelhouse: install
-	$(PY) tools/wheelhouse.py build --python-version $(WHEEL_PYTHON) --platform $(WHEEL_PLATFORM) \
+	$(PY) -m tools.wheelhouse build --python-version $(WHEEL_PYTHON) --platform $(WHEEL_PLATFORM) \
 	  --out wheelhouse
 
 # The Runpod image's wheels (the server's plus the `runpod` extra, at requirements-runpod.lock's
 # versions); runpod/Dockerfile installs them.
 wheelhouse-runpod: install
-	$(PY) tools/wheelhouse.py build --profile runpod --python-version $(WHEEL_PYTHON) \
+	$(PY) -m tools.wheelhouse build --profile runpod --python-version $(WHEEL_PYTHON) \
 	  --platform $(WHEEL_PLATFORM) --out wheelhouse-runpod
 
 # The air-gapped install tried here: cp312 download + closure check, then the cp311 wheelhouse
-# installed offline over a stand-in host, smoke test, demo graph, bench/gpu.py --tiny; the same
+# installed offline over a stand-in host, smoke test, demo graph, `bench.gpu --tiny`; the same
 # for the Runpod wheelhouse with one handler job (minutes; not part of `make test`).
 check-wheelhouse: install-dev
 	PY=$(PY) UV=$(UV) PYTHON=$(PYTHON) tools/check_wheelhouse.sh

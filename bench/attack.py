@@ -13,7 +13,7 @@ the attackers start, each in its own process so their work does not skew this pr
 Meanwhile a prober GETs /health every 100 ms (10 s timeout) and two honest clients make demo
 graphs back to back (a 503 "busy" from the one-at-a-time model lock is retried, as clients do).
 
-Run: `.venv/bin/python bench/attack.py [--seconds 60] [--only idle,memory] [--nginx]`
+Run: `.venv/bin/python -m bench.attack [--seconds 60] [--only idle,memory] [--nginx]`
 (`make bench-attack`; about 2 minutes). `--nginx` sends every client through nginx configured by
 docs/deployment-nginx.md (needs `make nginx`).
 The goal is /health p99 under 100 ms and every honest graph answered.
@@ -35,9 +35,6 @@ import time
 from pathlib import Path
 
 import requests
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.live import Server, demo_graph, percentile, rss_mb, started_server
 

@@ -7,7 +7,7 @@ validation, the model lock and the response body. Both use the same prompt and p
 the server runs in its own process, so the two never compete for the model. Medians are
 printed with their ratio (the overhead the service adds).
 
-Run: `.venv/bin/python bench/e2e_latency.py [--repeats 7]`.
+Run: `.venv/bin/python -m bench.e2e_latency [--repeats 7]`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ import time
 from pathlib import Path
 
 import requests
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PROMPT = "The city of Paris is in"
 PARAMS = {

@@ -19,7 +19,7 @@ run by default: it peaked above 20.5 GB while loading and was OOM-killed on a 24
 (`../shared/notes/measured-facts.md`); ask for it with `--runs gemma:transformerlens` on a
 bigger machine (or on a GPU box, where DEVICE=cuda keeps the weights off the host).
 
-    .venv/bin/python bench/full_size.py [--runs llama:transformerlens,llama:nnsight,gemma:nnsight]
+    .venv/bin/python -m bench.full_size [--runs llama:transformerlens,llama:nnsight,gemma:nnsight]
         [--dtype bfloat16] [--workdir /tmp/np-full-size] [--keep]
 
 The last line is machine-readable key=value.
@@ -41,9 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from testkit.live import (
     LiveServer,
@@ -143,7 +140,7 @@ def build_cache(
         raise SystemExit(f"error: only {mem_available_gb():.1f} GB available, need {min_free}")
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "hubcache.py"), str(hf_home), "--pairs", key]
+        [sys.executable, "-m", "bench.hubcache", str(hf_home), "--pairs", key]
         + ([] if small else ["--full-size"])
         + ["--width", str(width), "--dtype", dtype],
         cwd=REPO,

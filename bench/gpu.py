@@ -23,8 +23,10 @@ Random transcoders: features are set to fire about `--target-l0` times per token
 random encoders spread activity evenly and the replacement explains nothing, so far more nodes
 compete for the budget than with trained transcoders: timings are a WORST CASE.
 
-    python bench/gpu.py --out gpu-results            # on the GPU host (7 minutes at most)
-    python bench/gpu.py --tiny --out /tmp/gpu-tiny   # CPU smoke test (small shapes, ~20 s)
+    python -m bench.gpu --out gpu-results            # on the GPU host (7 minutes at most)
+    python -m bench.gpu --tiny --out /tmp/gpu-tiny   # CPU smoke test (small shapes, ~20 s)
+
+(from the repository root, as every benchmark: `bench` and `testkit` import from there).
 
 The last line is machine-readable key=value.
 """
@@ -46,9 +48,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "google/gemma-2-2b"
@@ -218,8 +217,9 @@ class Child:
 
     def __init__(self, argv: list[str], log: Path) -> None:
         self.log = log.open("w")
+        # Same working directory and environment as this process: `bench` imports as it did here.
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), *argv],
+            [sys.executable, "-m", "bench.gpu", *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,

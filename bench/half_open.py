@@ -12,7 +12,7 @@ Configurations: stock gunicorn `gthread` with 4 threads (the old default), with 
 against 64 and against 32 attackers (threads only help while they outnumber the attackers), and
 `BufferedThreadWorker` with 4 threads (the product's worker).
 
-Run: `.venv/bin/python bench/half_open.py` (about 4 minutes on 2 cores).
+Run: `.venv/bin/python -m bench.half_open` (about 4 minutes on 2 cores).
 Last line: `buffered_health_p99_ms=<x> buffered_graph_ratio=<y> gthread4_frozen=<0|1> ...`.
 """
 
@@ -22,12 +22,8 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import requests
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.live import HalfOpenSwarm, Server, demo_graph, percentile, started_server
 

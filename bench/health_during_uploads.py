@@ -8,7 +8,7 @@ each held upload's client must get its 200. Only HTTP is used, so any version of
 be measured (point PYTHONPATH at another checkout). A /health that does not answer within
 `--timeout` seconds counts as a timeout; after three the run stops measuring.
 
-Run: `.venv/bin/python bench/health_during_uploads.py [--uploads 4] [--probes 40]`.
+Run: `.venv/bin/python -m bench.health_during_uploads [--uploads 4] [--probes 40]`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,8 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
 import requests
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.live import demo_graph, percentile, started_server
 from tests.fault_targets import gated_target

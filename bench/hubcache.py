@@ -1,7 +1,7 @@
 """Write a fabricated Hugging Face hub cache (random weights under the real repository ids).
 
-    .venv/bin/python bench/hubcache.py /tmp/hf                       # every pair, small shapes
-    .venv/bin/python bench/hubcache.py /tmp/hf --pairs gemma,llama --full-size --width 512
+    .venv/bin/python -m bench.hubcache /tmp/hf                       # every pair, small shapes
+    .venv/bin/python -m bench.hubcache /tmp/hf --pairs gemma,llama --full-size --width 512
     HF_HOME=/tmp/hf HF_HUB_OFFLINE=1 SECRET=x .venv/bin/neuronpedia-graph google/gemma-2-2b
 
 What is written, and every assumption about the upstream repositories: testkit/hubcache/.
@@ -15,9 +15,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ One real server (the demo model under gunicorn), three phases in one run:
   says none: a synchronous graph waits for a running job), its latency, and the jobs finished
   meanwhile (the queue is not starved either).
 
-Run: `make bench-jobs` or `.venv/bin/python bench/jobs_sharing.py [--graphs 10]`.
+Run: `make bench-jobs` or `.venv/bin/python -m bench.jobs_sharing [--graphs 10]`.
 Last line: `sync_503_today= sync_503_with_jobs= sync_p50_ms_alone= sync_p50_ms_with_jobs=
 jobs_done_with_sync=`.
 """
@@ -27,9 +27,6 @@ import time
 from pathlib import Path
 
 import requests
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BODY = {
     "prompt": "The city of Paris is in",

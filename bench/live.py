@@ -18,9 +18,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run or imported as a file: make testkit importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from testkit.live import free_port, server_command, server_settings, start_process
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ wrong results, and last the line
 A 503 with Retry-After is the server's designed answer while the model is busy: it is counted
 ("503 busy") but is not an error; any other 5xx is.
 
-Run: `make bench-load` or `.venv/bin/python bench/load.py [--clients 16] [--seconds 60]`.
+Run: `make bench-load` or `.venv/bin/python -m bench.load [--clients 16] [--seconds 60]`.
 """
 
 from __future__ import annotations
@@ -39,15 +39,11 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 import requests
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.live import HalfOpenSwarm, Server, demo_graph, percentile, rss_mb, started_server
 from tests.fault_targets import QuietHandler, Target, serve

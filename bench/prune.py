@@ -1,6 +1,6 @@
 """Prune: neuronpedia_graph.prune against circuit-tracer's prune_graph, time, memory, max size.
 
-Run: `make bench-prune` (`.venv/bin/python bench/prune.py`; under 10 minutes here, with child
+Run: `make bench-prune` (`.venv/bin/python -m bench.prune`; under 10 minutes here, with child
 processes of up to 20 GiB at the end) or `--quick` (a couple of minutes, 2 GiB search).
 
 1. Time: both prune the same graphs (testkit/synthetic.py: small, medium and large) in this
@@ -44,13 +44,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
-
-if __package__ in (None, ""):  # run as a script: make `bench` and the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from testkit.synthetic import GraphSpec, make_graph
 
@@ -413,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"largest-graph search skipped: {available / GIB:.1f} GiB available, it needs "
             f"{limit_gib + 1:g}; the max_nodes below are the model's prediction. Run later: "
-            f"{sys.executable} {Path(__file__).as_posix()} --limit-gib {limit_gib:g}"
+            f"{sys.executable} -m bench.prune --limit-gib {limit_gib:g}"
         )
     else:
         print(f"largest graph within {limit_gib:g} GiB (tokens step ~2%):", flush=True)

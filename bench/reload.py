@@ -11,7 +11,7 @@ while a client polls /health without pause, and reports:
 - rss_ratio: peak resident memory of the whole process tree during the reloads over before;
 - graph_ok: graphs that were running during a reload and still answered 200.
 
-Run: `.venv/bin/python bench/reload.py [--reloads 5]`. The last line is machine-readable.
+Run: `.venv/bin/python -m bench.reload [--reloads 5]`. The last line is machine-readable.
 """
 
 from __future__ import annotations
@@ -21,15 +21,11 @@ import contextlib
 import os
 import signal
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 import requests
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.live import demo_graph, percentile, started_server, status_kb
 

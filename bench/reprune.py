@@ -1,6 +1,6 @@
 """Re-pruning a stored attribution against recomputing the graph, and what the store costs.
 
-Run: `make bench-reprune` (`HF_HUB_OFFLINE=1 .venv/bin/python bench/reprune.py`; a couple of
+Run: `make bench-reprune` (`HF_HUB_OFFLINE=1 .venv/bin/python -m bench.reprune`; a couple of
 minutes on 2 CPU cores) or `--quick`.
 
 1. Models: the demo model, and a fabricated small-shape gemma-2 with its GemmaScope
@@ -28,9 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make `bench` and the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 THRESHOLDS = [(0.5, 0.9), (0.9, 0.99)]
 PROMPT = "The city of Paris is in"

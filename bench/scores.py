@@ -1,6 +1,6 @@
 """Graph scores: circuit-tracer's compute_graph_scores against ours, derived from the prune.
 
-Run: `make bench-scores` (`.venv/bin/python bench/scores.py`; about two minutes here, with
+Run: `make bench-scores` (`.venv/bin/python -m bench.scores`; about two minutes here, with
 child processes of a few GiB) or `--quick` (seconds, a 2.9k-node graph).
 
 Every graph document carries `metadata.scores`, circuit-tracer's `compute_graph_scores` of the
@@ -26,16 +26,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
-
-if __package__ in (None, ""):  # run as a script: make `bench` and the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.prune import (
     GRAPHS,

@@ -1,6 +1,6 @@
 """Graph JSON + gzip: circuit-tracer's path against ours, on synthetic graphs of realistic size.
 
-Run: `.venv/bin/python bench/serialize.py` (a few minutes, about 5 GiB peak RSS, during
+Run: `.venv/bin/python -m bench.serialize` (a few minutes, about 5 GiB peak RSS, during
 `prune_graph`) or `--quick` (seconds). Both paths run in this process on the same pruned graph.
 Memory is the peak resident set size above the level just before the call (the kernel's
 high-water mark, reset through /proc/self/clear_refs), so it counts torch, numpy and Python
@@ -18,19 +18,14 @@ import gzip
 import json
 import os
 import statistics
-import sys
 import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from circuit_tracer.graph import Graph, prune_graph
-
-if __package__ in (None, ""):  # run as a script: make `bench` and the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from neuronpedia_graph.compression import DEFLATE_BACKEND, gzip_compress
 from neuronpedia_graph.graph_json import build_graph_json

@@ -27,7 +27,7 @@ about 9 GB of RAM for TransformerLens, float32 compute) through both backends, e
 process, at `--full-prompt` + `--full-new` tokens (1,024 + 64): meant for a GPU box or a patient
 CPU (the full recompute alone is about 65 passes over a 1,024-token prompt); off by default.
 
-    .venv/bin/python bench/steer.py [--prompts 32,1024] [--new 8,64,256] [--dtypes float32]
+    .venv/bin/python -m bench.steer [--prompts 32,1024] [--new 8,64,256] [--dtypes float32]
         [--full-size] [--hf-home DIR]
 
 The last line is machine-readable: `speedup_1024x64=<old/new> max_logit_diff=<float32, all
@@ -47,9 +47,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODEL_ID = "meta-llama/Llama-3.2-1B"
 TL_MODEL_ID = "Qwen/Qwen3-4B"
@@ -321,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             full_home = hf_home / "full"
             build(full_home, ["llama"], full_size=True, width=512, dtype=torch.bfloat16)
             for backend in ("nnsight", "transformerlens"):
-                command = [sys.executable, __file__, "--child", backend]
+                command = [sys.executable, "-m", "bench.steer", "--child", backend]
                 command += ["--hf-home", str(full_home), "--threads", str(args.threads)]
                 command += ["--prompts", str(args.full_prompt), "--new", str(args.full_new)]
                 child = subprocess.run(

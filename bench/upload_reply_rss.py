@@ -7,7 +7,7 @@ before the request (`/proc/PID/clear_refs` = 5, Linux) and read right after (VmH
 number is the request's own peak above the RSS it started from. Only HTTP is used, so the same
 script measures any version of the server (point PYTHONPATH at another checkout to compare).
 
-Run: `.venv/bin/python bench/upload_reply_rss.py [--reply-mb 200]`.
+Run: `.venv/bin/python -m bench.upload_reply_rss [--reply-mb 200]`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ from pathlib import Path
 
 import psutil
 import requests
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.live import demo_graph, started_server, status_kb
 from tests.fault_targets import big_reply_target, flaky_target

@@ -13,7 +13,7 @@ off the main thread (software raster here, --disable-gpu as in the tests).
 The baseline is a small graph (the size of a demo graph) opened the same way in the same
 browser; the large graph's drawing is also given as a ratio to it.
 
-Run: `.venv/bin/python bench/viewer_render.py [--repeats 3] [--shots DIR]` (needs
+Run: `.venv/bin/python -m bench.viewer_render [--repeats 3] [--shots DIR]` (needs
 `make browser`; about 20 s a repeat). `--shots` saves the large graph fitted, zoomed in and
 with a node selected as PNGs in DIR. The last line is machine-readable.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -33,9 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from testkit.browser import launch_chromium, synthetic_graph_document
 

@@ -1,4 +1,4 @@
-"""bench/gpu.py --tiny: the CPU smoke test of the GPU benchmark and of its time budget.
+"""`python -m bench.gpu --tiny`: the CPU smoke test of the GPU benchmark and of its time budget.
 
 Both run the real script (fabricated tiny cache, bare library in a child, real server) as CI
 would; the budget figures in the asserts are generous guards, not timings.
@@ -16,7 +16,7 @@ HUGE = 10**9  # max_feature_nodes that no budget can fit on the tiny model's tim
 
 
 def run_bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
-    command = [sys.executable, str(REPO / "bench" / "gpu.py"), "--tiny"]
+    command = [sys.executable, "-m", "bench.gpu", "--tiny"]
     command += ["--workdir", str(tmp_path), "--out", str(tmp_path / "out"), *args]
     proc = subprocess.run(
         command,

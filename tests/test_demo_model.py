@@ -26,11 +26,11 @@ from neuronpedia_graph.demo import (
     MODEL_DIR,
     SCAN,
     TRANSCODER_DIR,
-    transcoder_config,
 )
 from neuronpedia_graph.demo.build import chat_probes, probe_token_ids
 from neuronpedia_graph.demo.corpus import Probe, build_corpus
 from neuronpedia_graph.demo.train import encode_relu, fvu, mlp_io
+from neuronpedia_graph.models.spec import local_transcoder_config
 
 FAMILIES = ("counting", "cities", "addition", "opposites", "plurals")
 PARIS = "The city of Paris is in"
@@ -53,7 +53,7 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def transcoders():
-    return [load_file(str(path)) for path in transcoder_config()["transcoders"]]
+    return [load_file(str(path)) for path in local_transcoder_config(TRANSCODER_DIR)["transcoders"]]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_paths_and_layout():
     assert config["scan"] == SCAN
     # Relative names keep the committed directory relocatable.
     assert config["transcoders"] == ["layer_0.safetensors", "layer_1.safetensors"]
-    resolved = transcoder_config()["transcoders"]
+    resolved = local_transcoder_config(TRANSCODER_DIR)["transcoders"]
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in resolved)
     total = sum(f.stat().st_size for f in ARTIFACTS_DIR.rglob("*") if f.is_file())
     assert total < 2_500_000
@@ -253,7 +253,7 @@ def test_smoke_rebuild_produces_loadable_artifacts(tmp_path):
     from circuit_tracer.utils.hf_utils import load_transcoders
 
     device, dtype = torch.device("cpu"), torch.float32
-    loaded = load_transcoders(transcoder_config(tmp_path / "transcoders"), device, dtype)
+    loaded = load_transcoders(local_transcoder_config(tmp_path / "transcoders"), device, dtype)
     rebuilt = ReplacementModel.from_pretrained_and_transcoders(
         str(tmp_path / "model"), loaded, backend="nnsight", device=device, dtype=dtype
     )

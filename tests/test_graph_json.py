@@ -17,15 +17,13 @@ import pytest
 import torch
 from circuit_tracer.graph import Graph, prune_graph
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `bench` is a folder of the repo, not an installed package
-    sys.path.insert(0, str(REPO))
+from neuronpedia_graph import graph_json
+from neuronpedia_graph.compression import gzip_compress
+from neuronpedia_graph.graph_json import build_graph_json
+from testkit.reference import reference_document
+from testkit.synthetic import GraphSpec, make_graph, realistic_metadata
 
-from neuronpedia_graph import graph_json  # noqa: E402
-from neuronpedia_graph.compression import gzip_compress  # noqa: E402
-from neuronpedia_graph.graph_json import build_graph_json  # noqa: E402
-from testkit.reference import reference_document  # noqa: E402
-from testkit.synthetic import GraphSpec, make_graph, realistic_metadata  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 Masks = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 SMALL = GraphSpec(n_pos=8, n_layers=4, n_features=150, density=0.3, tail=1.0)
@@ -272,7 +270,8 @@ def test_gzip_compresses_json_and_honours_the_level():
 
 def test_benchmark_quick_run_prints_the_machine_readable_line():
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "serialize.py"), "--quick", "--reps", "1"],
+        [sys.executable, "-m", "bench.serialize", "--quick", "--reps", "1"],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,

@@ -12,6 +12,7 @@ import errno
 import selectors
 import socket
 import time
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -27,6 +28,15 @@ MAX_BODY = 1000
 
 def framer() -> RequestFramer:
     return RequestFramer(Config(), ("127.0.0.1", 1), MAX_BODY)
+
+
+@contextlib.contextmanager
+def worker_outside_arbiter(cfg: Config) -> Iterator[BufferedThreadWorker]:
+    """A worker no arbiter started: its heartbeat file, which the arbiter would close, is
+    closed here."""
+    worker = BufferedThreadWorker(1, 0, [], None, 30, cfg, Logger(cfg))
+    with contextlib.closing(worker.tmp):
+        yield worker
 
 
 def feed_bytewise(data: bytes) -> list[int | None]:
@@ -127,9 +137,8 @@ def test_expect_continue_is_reported_once_and_only_while_the_body_is_missing():
 )
 def test_worker_handle_error_answers_json(exc, status):
     cfg = Config()
-    worker = BufferedThreadWorker(1, 0, [], None, 30, cfg, Logger(cfg))
     server_side, client_side = socket.socketpair()
-    with server_side, client_side:
+    with worker_outside_arbiter(cfg) as worker, server_side, client_side:
         worker.handle_error(None, server_side, ("127.0.0.1", 1), exc)
         server_side.shutdown(socket.SHUT_WR)
         reply = b""
@@ -200,10 +209,10 @@ class _ListenerOutOfDescriptors:
 
 def test_accept_without_descriptors_sheds_an_idle_connection_or_pauses():
     cfg = Config()
-    worker = BufferedThreadWorker(1, 0, [], None, 30, cfg, Logger(cfg))
-    worker.poller = selectors.DefaultSelector()
     server_side, client_side = socket.socketpair()
-    with client_side, contextlib.closing(worker.poller):
+    poller = selectors.DefaultSelector()
+    with worker_outside_arbiter(cfg) as worker, client_side, contextlib.closing(poller):
+        worker.poller = poller
         worker.nr_conns = 1
         worker._await_request(_Conn(cfg, server_side, ("127.0.0.1", 1), ("127.0.0.1", 2)), 60)
         worker.accept(_ListenerOutOfDescriptors())  # must not raise: the worker lives on

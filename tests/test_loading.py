@@ -8,6 +8,7 @@ HF_TOKEN is set.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from neuronpedia_graph import demo
 from neuronpedia_graph.models.loading import load_model, resolve_dtype
 from neuronpedia_graph.models.spec import ModelLoadError, explain_hub_error, preflight, resolve_spec
+from neuronpedia_graph.server import module_argv
 from neuronpedia_graph.settings import Settings
 from tests.helpers import run_cli, run_python
 
@@ -174,6 +176,27 @@ def test_seed_entry_point_still_works(tmp_path):
     assert "No transcoder set is known for model 'gpt2'" in result.stderr
     help_text = run_python("neuronpedia_graph/server.py", "--help").stdout
     assert "--transcoder-set" in help_text and "--port" in help_text
+
+
+def test_seed_entry_point_runs_from_any_folder_and_as_a_module(tmp_path):
+    # From elsewhere, the file's folder (whose module names could shadow others) is not what
+    # the server imports from: it becomes `python -m neuronpedia_graph` of the installed package.
+    script = str(REPO / "neuronpedia_graph" / "server.py")
+    for args in ([script], ["-m", "neuronpedia_graph.server"]):
+        result = run_python(*args, "--help", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "--transcoder-set" in result.stdout and "--port" in result.stdout
+
+
+def test_seed_entry_point_keeps_interpreter_options_and_arguments():
+    orig = ["python3", "-X", "dev", "-W", "error", "neuronpedia_graph/server.py", "demo", "-v"]
+    argv = ["neuronpedia_graph/server.py", "demo", "-v"]
+    assert module_argv(orig, argv) == [
+        sys.executable,
+        *["-X", "dev", "-W", "error"],
+        *["-m", "neuronpedia_graph", "demo", "-v"],
+    ]
+    assert module_argv(["python3", "server.py"], ["server.py"])[1:] == ["-m", "neuronpedia_graph"]
 
 
 def test_transcoder_dir_with_missing_layer_files_fails_before_serving(tmp_path):

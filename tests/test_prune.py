@@ -10,23 +10,17 @@ route for accelerators and for score sets too big to sort).
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
 from circuit_tracer.graph import Graph, PruneResult
 from circuit_tracer.graph import prune_graph as reference_prune
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `bench` is a folder of the repo, not an installed package
-    sys.path.insert(0, str(REPO))
-
-from neuronpedia_graph import prune  # noqa: E402
-from neuronpedia_graph.graph_json import build_graph_json  # noqa: E402
-from neuronpedia_graph.prune import prune_graph  # noqa: E402
-from testkit.synthetic import GraphSpec, make_graph, realistic_metadata  # noqa: E402
+from neuronpedia_graph import prune
+from neuronpedia_graph.graph_json import build_graph_json
+from neuronpedia_graph.prune import prune_graph
+from testkit.synthetic import GraphSpec, make_graph, realistic_metadata
 
 ROUTES = ["default", "lean", "histogram"]
 # bench/serialize.py's "small" graph (dense route by default: 10 MB adjacency).

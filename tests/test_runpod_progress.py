@@ -52,12 +52,12 @@ def capture() -> Iterator[tuple[str, list[dict]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Capture)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", received
-    finally:
-        server.shutdown()
+    with ThreadingHTTPServer(("127.0.0.1", 0), Capture) as server:  # closes its socket
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}", received
+        finally:
+            server.shutdown()
 
 
 def test_a_graph_job_reports_its_phases_through_the_sdk_throttled_and_in_order(capture, tmp_path):

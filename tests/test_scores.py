@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import torch
 from circuit_tracer.graph import Graph, compute_graph_scores
 from circuit_tracer.graph import prune_graph as reference_prune
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `testkit` is a folder of the repo, not an installed package
-    sys.path.insert(0, str(REPO))
-
-from neuronpedia_graph import prune, scores  # noqa: E402
-from neuronpedia_graph.prune import prune_and_score  # noqa: E402
-from testkit.synthetic import GraphSpec, make_graph  # noqa: E402
+from neuronpedia_graph import prune, scores
+from neuronpedia_graph.prune import prune_and_score
+from testkit.synthetic import GraphSpec, make_graph
 
 GRAPHS = {
     "small": GraphSpec(n_pos=8, n_layers=4, n_features=150, density=0.3, tail=1.0),

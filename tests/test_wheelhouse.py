@@ -7,16 +7,11 @@ does that (docs/air-gapped.md). These tests cover what can rot silently in betwe
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "tools") not in sys.path:  # tools/ is a folder of scripts, not a package
-    sys.path.insert(0, str(REPO / "tools"))
-
-import wheelhouse  # noqa: E402
+from tools import wheelhouse
 
 
 def test_every_table_entry_names_a_locked_package_and_pins_follow_the_python() -> None:

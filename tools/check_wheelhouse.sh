@@ -10,7 +10,7 @@
 #    Werkzeug than ours. It sits where --system-site-packages puts the host's site-packages
 #    (after the venv's own, through a .pth file); this machine's own system site-packages is not
 #    used, since its unrelated packages could hide a missing wheel.
-# 3. From that venv: the import smoke test, a demo graph over HTTP, and `bench/gpu.py --tiny`.
+# 3. From that venv: the import smoke test, a demo graph over HTTP, and `bench.gpu --tiny`.
 # 4. The Runpod wheelhouse (the project with its `runpod` extra, at requirements-runpod.lock's
 #    versions) the same way (cp312 closure; cp311 installed over the same stand-in, its smoke
 #    test, and one local job through the image's entry file runpod/handler.py on the demo model).
@@ -25,13 +25,13 @@ REPO=$(pwd)
 rm -rf "$OUT"
 mkdir -p "$OUT"
 echo "== cp312 wheelhouse (download only)"
-"$PY" tools/wheelhouse.py build --python-version 3.12 --out "$OUT/wheelhouse-cp312"
+"$PY" -m tools.wheelhouse build --python-version 3.12 --out "$OUT/wheelhouse-cp312"
 echo "== cp311 wheelhouse (the same specification)"
-"$PY" tools/wheelhouse.py build --python-version 3.11 --out "$OUT/wheelhouse-cp311" >/dev/null
+"$PY" -m tools.wheelhouse build --python-version 3.11 --out "$OUT/wheelhouse-cp311" >/dev/null
 
 echo "== stand-in host: torch and the host's packages"
 VERSION=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-"$PY" tools/wheelhouse.py host-emulation --python-version "$VERSION" >"$OUT/host.txt"
+"$PY" -m tools.wheelhouse host-emulation --python-version "$VERSION" >"$OUT/host.txt"
 UV_PYTHON_DOWNLOADS=never "$UV" venv --quiet --python "$PYTHON" "$OUT/host"
 UV_PYTHON_DOWNLOADS=never "$UV" pip install --quiet --python "$OUT/host/bin/python" -r "$OUT/host.txt"
 HOST_SITE=$("$OUT/host/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -43,18 +43,21 @@ echo "$HOST_SITE" >"$VENV_SITE/_host_site_packages.pth"
 "$OUT/venv/bin/pip" install --quiet --no-index --no-deps -r "$OUT/wheelhouse-cp311/requirements.txt"
 "$OUT/venv/bin/pip" install --quiet --no-index --no-deps --no-build-isolation "$REPO"
 
-echo "== smoke test, demo graph and bench/gpu.py --tiny from the venv"
+echo "== smoke test, demo graph and bench.gpu --tiny from the venv"
+# The smoke test runs as a file from /, so that it imports the installed package rather than the
+# checkout; the demo and the benchmark run from the checkout, whose `testkit` and `bench` they use.
 cd /
 "$OUT/venv/bin/python" "$REPO/tools/wheelhouse.py" smoke --wheelhouse "$OUT/wheelhouse-cp311"
-"$OUT/venv/bin/python" "$REPO/tools/wheelhouse.py" demo
-"$OUT/venv/bin/python" "$REPO/bench/gpu.py" --tiny --workdir "$OUT/bench" \
+cd "$REPO"
+"$OUT/venv/bin/python" -m tools.wheelhouse demo
+"$OUT/venv/bin/python" -m bench.gpu --tiny --workdir "$OUT/bench" \
   --out "$OUT/bench/results" | tail -n 1
 
 echo "== Runpod wheelhouse: cp312 closure, cp311 install, smoke test, one handler job"
 cd "$REPO"
-"$PY" tools/wheelhouse.py build --profile runpod --python-version 3.12 \
+"$PY" -m tools.wheelhouse build --profile runpod --python-version 3.12 \
   --out "$OUT/wheelhouse-runpod-cp312" | grep -E '^(wheelhouse|closure)'
-"$PY" tools/wheelhouse.py build --profile runpod --python-version 3.11 \
+"$PY" -m tools.wheelhouse build --profile runpod --python-version 3.11 \
   --out "$OUT/wheelhouse-runpod-cp311" >/dev/null
 "$PYTHON" -m venv "$OUT/venv-runpod"
 RUNPOD_SITE=$("$OUT/venv-runpod/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

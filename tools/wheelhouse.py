@@ -1,8 +1,10 @@
 """Offline wheelhouse for a GPU host that already has PyTorch and CUDA, and no network.
 
-    python tools/wheelhouse.py build --python-version 3.12 --platform manylinux_2_28_x86_64
-    python tools/wheelhouse.py closure wheelhouse      # every requirement met? (no install)
-    python tools/wheelhouse.py smoke                   # on the host, inside the new venv
+    python -m tools.wheelhouse build --python-version 3.12 --platform manylinux_2_28_x86_64
+    python -m tools.wheelhouse closure wheelhouse      # every requirement met? (no install)
+    python -m tools.wheelhouse smoke                   # on the host, inside the new venv
+
+(from the repository root; `demo` imports `testkit` from there).
 
 `build` walks the dependency tree of the project (or, with `--profile runpod`, of the project
 with its `runpod` extra: the Runpod worker) from the wheels' own metadata, for the target Python
@@ -16,7 +18,9 @@ and the benchmark never import (`NOT_IMPORTED`): both tables say why. It writes
 `smoke` imports what the server and the benchmark import, checks that every carried package is
 the one loaded (the venv's, not the host's) and that the host's packages meet the requirements
 of the carried ones, and prints the versions in use. It needs only the standard library and
-`packaging` (carried).
+`packaging` (carried), so it also runs as a file from any folder (`python
+path/to/tools/wheelhouse.py smoke`), where the package imported is the installed one rather
+than the checkout's.
 """
 
 from __future__ import annotations
@@ -460,7 +464,7 @@ def demo(args) -> int:
     import secrets
     import tempfile
 
-    sys.path.insert(0, str(REPO))
+    # Imported here: the other commands also run as a file, where `testkit` is not importable.
     import requests
 
     from testkit.live import free_port, server_command, server_settings, start_process

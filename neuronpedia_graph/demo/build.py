@@ -184,10 +184,10 @@ def check_graph(model_dir: Path, transcoder_dir: Path) -> GraphCheck:
     from circuit_tracer.graph import compute_graph_scores
     from circuit_tracer.utils.hf_utils import load_transcoders
 
-    from neuronpedia_graph.demo import transcoder_config
+    from neuronpedia_graph.models.spec import local_transcoder_config
 
     device, dtype = torch.device("cpu"), torch.float32
-    transcoders = load_transcoders(transcoder_config(transcoder_dir), device, dtype)
+    transcoders = load_transcoders(local_transcoder_config(transcoder_dir), device, dtype)
     model = ReplacementModel.from_pretrained_and_transcoders(
         str(model_dir), transcoders, backend="nnsight", device=device, dtype=dtype
     )

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 from neuronpedia_graph.models.spec import (
     ModelLoadError,
     ModelSpec,
+    local_transcoder_config,
     preflight,
-    read_local_config,
     resolve_spec,
-    resolve_transcoder_files,
     token_note,
 )
 from neuronpedia_graph.settings import Settings
@@ -78,7 +77,7 @@ def _load_local_transcoders(
 
     from neuronpedia_graph.models.protocols import as_transcoders
 
-    config = resolve_transcoder_files(directory, read_local_config(directory))
+    config = local_transcoder_config(directory)
     config.setdefault("scan", directory.name)
     return as_transcoders(
         load_transcoders(config, device, dtype, settings.lazy_encoder, settings.lazy_decoder)

@@ -295,8 +295,7 @@ def _check_files(spec: ModelSpec) -> None:
     else:
         _hub_probe(spec.model_path, "config.json", None, None)
     if spec.transcoder_is_local:
-        directory = Path(spec.transcoder_ref).expanduser()
-        resolve_transcoder_files(directory, read_local_config(directory))
+        local_transcoder_config(Path(spec.transcoder_ref).expanduser())
         return
     from circuit_tracer.utils.caching import is_cached
 
@@ -316,6 +315,15 @@ def _check_files(spec: ModelSpec) -> None:
             hub_offline.resolve_hf_uris([str(p) for p in listed])
         except hub_offline.HubFilesMissing as exc:
             raise ModelLoadError(f"Transcoder set '{spec.transcoder_ref}': {exc}") from None
+
+
+def local_transcoder_config(directory: Path) -> JSONObject:
+    """A local transcoder set's config.yaml, checked, with its files as paths that exist.
+
+    The form circuit-tracer's `load_transcoders` takes: it opens the listed files as given, i.e.
+    relative to the process's working directory, not to the set's directory.
+    """
+    return resolve_transcoder_files(directory, read_local_config(directory))
 
 
 def resolve_transcoder_files(directory: Path, config: JSONObject) -> JSONObject:
