@@ -223,3 +223,17 @@ class Api:
 @pytest.fixture(scope="session")
 def api(live_server: LiveServer) -> Api:
     return Api(live_server)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Close the /dev/null handle nnsight opens at import and never closes.
+
+    Warnings are errors in this suite, but that one is reported at interpreter exit, after
+    pytest's filter is gone, as an "Exception ignored" line that would hide real ones.
+    """
+    import sys
+
+    util = sys.modules.get("nnsight.intervention.tracing.util")
+    handle = getattr(util, "_devnull", None)
+    if handle is not None and not handle.closed:
+        handle.close()

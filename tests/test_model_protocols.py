@@ -37,6 +37,7 @@ from neuronpedia_graph.models.protocols import (
     as_transformerlens,
     backend_model,
 )
+from neuronpedia_graph.models.spec import local_transcoder_config
 
 PROMPT = "The city of Paris is in"
 
@@ -166,7 +167,9 @@ def transformerlens_model():
         seed=0,
     )
     device = torch.device("cpu")
-    transcoders = load_transcoders(demo.transcoder_config(), device, torch.float32)
+    transcoders = load_transcoders(
+        local_transcoder_config(demo.TRANSCODER_DIR), device, torch.float32
+    )
     return TransformerLensReplacementModel.from_config(cfg, transcoders, tokenizer=tokenizer)
 
 
