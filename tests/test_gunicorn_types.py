@@ -25,6 +25,7 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.http.wsgi import Response
 from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import TConn, ThreadWorker
+from typing_extensions import get_protocol_members
 
 from neuronpedia_graph.serving import gunicorn_types as gt
 from neuronpedia_graph.serving.access_log import RedactingLogger
@@ -37,6 +38,7 @@ from neuronpedia_graph.serving.worker import (
     _Outbox,
 )
 from neuronpedia_graph.settings import Settings
+from testkit.protocols import conformance_problems
 
 ALL_PROTOCOLS = [
     gt.ClientSocket,
@@ -51,46 +53,13 @@ ALL_PROTOCOLS = [
 ]
 
 
-def protocol_members(protocol: type) -> dict[str, object]:
-    """The members a Protocol declares: annotated attributes (None) and methods/properties."""
-    members: dict[str, object] = dict.fromkeys(inspect.get_annotations(protocol))
-    for name, value in vars(protocol).items():
-        dunder = name.startswith("__") and name.endswith("__")
-        if (callable(value) or isinstance(value, property)) and not dunder:
-            members[name] = value
-    return members
-
-
 def mismatches(protocol: type, obj: object) -> list[str]:
-    """What `obj` lacks of `protocol`: missing members, and methods that would refuse our call."""
-    problems = []
-    for name, declared in protocol_members(protocol).items():
-        if not hasattr(obj, name):
-            problems.append(f"{name}: missing")
-            continue
-        if not inspect.isfunction(declared):
-            continue  # an attribute or property: being there is what we rely on
-        real = getattr(obj, name)
-        if not callable(real):
-            problems.append(f"{name}: not callable")
-            continue
-        params = list(inspect.signature(declared).parameters.values())[1:]  # drop self
-        args: list[object] = []
-        kwargs: dict[str, object] = {}
-        for param in params:
-            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-                args.append(object())
-            elif param.kind is param.VAR_POSITIONAL:
-                args += [object(), object()]
-            elif param.kind is param.KEYWORD_ONLY:
-                kwargs[param.name] = object()
-        try:
-            inspect.signature(real).bind(*args, **kwargs)
-        except TypeError as exc:
-            problems.append(f"{name}: {exc}")
-        except ValueError:  # a builtin without a signature (socket methods): presence suffices
-            pass
-    return problems
+    """What `obj` lacks of `protocol` (the shared checker): members, and calls it would refuse.
+
+    Values are not checked: a gunicorn object's values follow its life cycle (an unforked
+    worker's `pid` is the string "[booting]"), and ours are built outside that cycle.
+    """
+    return conformance_problems(protocol, obj, check_values=False)
 
 
 @pytest.fixture
@@ -121,10 +90,11 @@ class _App(BaseApplication):  # type: ignore[misc]
 
 
 def test_the_checker_sees_every_member() -> None:
-    assert set(protocol_members(gt.GunicornRequest)) == {"path", "body", "_expected_100_continue"}
-    assert set(protocol_members(gt.GunicornArbiter)) == {"LISTENERS", "worker_age", "run"}
-    assert "is_ssl" in protocol_members(gt.GunicornConfig)  # a property
-    assert all(protocol_members(protocol) for protocol in ALL_PROTOCOLS)
+    request_members = {"path", "body", "_expected_100_continue"}
+    assert set(get_protocol_members(gt.GunicornRequest)) == request_members
+    assert set(get_protocol_members(gt.GunicornArbiter)) == {"LISTENERS", "worker_age", "run"}
+    assert "is_ssl" in get_protocol_members(gt.GunicornConfig)  # a property
+    assert all(get_protocol_members(protocol) for protocol in ALL_PROTOCOLS)
 
 
 def test_the_checker_reports_what_an_object_lacks() -> None:
@@ -139,7 +109,9 @@ def test_the_checker_reports_what_an_object_lacks() -> None:
     )
     assert mismatches(gt.GunicornConfig, complete) == []
     del complete.limit_request_line
-    assert mismatches(gt.GunicornConfig, complete) == ["limit_request_line: missing"]
+    assert mismatches(gt.GunicornConfig, complete) == [
+        "SimpleNamespace.limit_request_line is missing"
+    ]
     assert not isinstance(complete, gt.GunicornConfig)
 
     old_logger = SimpleNamespace(
@@ -151,7 +123,11 @@ def test_the_checker_reports_what_an_object_lacks() -> None:
         access=lambda resp, req, environ: None,  # lost request_time
     )
     problems = mismatches(gt.GunicornLogger, old_logger)
-    assert [p.split(":")[0] for p in problems] == ["warning", "access"]
+    assert [p.split(" ")[0] for p in problems] == [
+        "SimpleNamespace.access",
+        "SimpleNamespace.warning",
+    ]
+    assert all(" does not accept " in p for p in problems)
 
 
 def test_config(cfg: Config) -> None:

@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import inspect
 import types
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
 import typing_extensions
-from pydantic import TypeAdapter, ValidationError
 
 from neuronpedia_graph import demo
-from neuronpedia_graph.models import protocols
 from neuronpedia_graph.models.protocols import (
     AttributionContext,
     ModelConfig,
@@ -38,96 +34,14 @@ from neuronpedia_graph.models.protocols import (
     backend_model,
 )
 from neuronpedia_graph.models.spec import local_transcoder_config
+from testkit.protocols import conformance_problems as check
 
 PROMPT = "The city of Paris is in"
 
 
-# ------------------------------------------------------------------------------- the checker
-def _hints(owner: object) -> dict[str, object]:
-    # protocols.py imports torch only for type checkers; give its annotations the name.
-    return typing.get_type_hints(owner, vars(protocols), {"torch": torch})
-
-
-def _accepts(protocol_method: Callable[..., object], implementation: object) -> str | None:
-    """None if `implementation` accepts every call the Protocol's method allows, else why not.
-
-    Calls tried: the required parameters only, then every declared parameter, each passed as
-    the Protocol passes it (positionally or by keyword).
-    """
-    if not callable(implementation):
-        return "is not callable"
-    try:
-        signature = inspect.signature(implementation)
-    except (TypeError, ValueError) as exc:
-        return f"has no signature ({exc})"
-    declared = list(inspect.signature(protocol_method).parameters.values())[1:]  # minus self
-    for with_optional in (False, True):
-        args: list[object] = []
-        kwargs: dict[str, object] = {}
-        for p in declared:
-            if p.default is not inspect.Parameter.empty and not with_optional:
-                continue
-            if p.kind is inspect.Parameter.KEYWORD_ONLY:
-                kwargs[p.name] = object()  # binding checks names and kinds, not values
-            else:
-                args.append(object())
-        try:
-            signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            shown = ", ".join([f"<{len(args)} positional>", *kwargs])
-            return f"does not accept ({shown}): {exc}"
-    return None
-
-
-def _value_problem(value: object, hint: object, where: str) -> list[str]:
-    """Why `value` is not of the declared type `hint` (an empty list when it is)."""
-    if isinstance(hint, type) and getattr(hint, "_is_protocol", False):
-        return conformance_problems(hint, type(value), value, where)
-    if hint is torch.Tensor:
-        return [] if isinstance(value, torch.Tensor) else [f"{where} is a {type(value)}"]
-    if typing.get_origin(hint) is Callable or hint is Callable:
-        return [] if callable(value) else [f"{where} is not callable"]
-    try:
-        TypeAdapter(hint).validate_python(value, strict=True)
-    except ValidationError as exc:
-        return [f"{where} = {value!r:.60} is not {hint}: {exc.errors()[0]['msg']}"]
-    return []
-
-
 def conformance_problems(protocol: type, cls: type, instance: object, where: str = "") -> list[str]:
-    """Every way `cls` (and `instance`, one of its loaded objects) fails to provide `protocol`.
-
-    A member must be on the class (method, property, class attribute) or, for data members,
-    on the instance. Methods must accept the Protocol's calls; data members and properties
-    must hold values of the declared type.
-    """
-    problems: list[str] = []
-    where = where or cls.__name__
-    own = vars(protocol)
-    annotations = _hints(protocol)
-    for name in sorted(typing_extensions.get_protocol_members(protocol)):
-        label = f"{where}.{name}"
-        declared = own.get(name)
-        try:
-            on_class = inspect.getattr_static(cls, name)
-        except AttributeError:
-            on_class = None
-        if inspect.isfunction(declared):
-            if on_class is None:
-                problems.append(f"{label} is missing (a method)")
-                continue
-            reason = _accepts(declared, getattr(instance, name))
-            if reason is not None:
-                problems.append(f"{label} {reason}")
-            continue
-        if on_class is None and not hasattr(instance, name):
-            problems.append(f"{label} is missing")
-            continue
-        hint = (
-            _hints(declared.fget)["return"] if isinstance(declared, property) else annotations[name]
-        )
-        problems += _value_problem(getattr(instance, name), hint, label)
-    return problems
+    """The shared checker, with the name protocols.py imports for type checkers only."""
+    return check(protocol, instance, cls=cls, where=where, namespace={"torch": torch})
 
 
 # ----------------------------------------------------------------------------- the models
