@@ -1994,25 +1994,30 @@
     table.innerHTML = rows.join("");
   }
 
-  async function steer(event) {
-    event.preventDefault();
-    const status = $("steer-status");
+  // One steer form's round trip (the single feature, or the pinned set): ask, then show the
+  // default and steered continuations side by side. Each form's elements share its prefix.
+  async function runSteer(prefix, buildRequest, note) {
+    const status = $(`${prefix}-status`);
     // The previous result goes as soon as a new one is asked for: an error must not sit
     // beside an old continuation.
-    $("steer-result").hidden = true;
-    const sent = await submit(status, "steer-run", "Steering", "/steer", steerRequest);
+    $(`${prefix}-result`).hidden = true;
+    const sent = await submit(status, `${prefix}-run`, "Steering", "/steer", buildRequest);
     if (!sent) return;
     const { request, result, started } = sent;
     if (!result.ok) {
       setStatus(status, "error", result.message);
-      $("steer-result").hidden = true;
       return;
     }
     const body = result.body;
-    fillSteerColumn($("steer-default"), body.DEFAULT_GENERATION, request.prompt, body.DEFAULT_LOGITS_BY_TOKEN || []);
-    fillSteerColumn($("steer-steered"), body.STEERED_GENERATION, request.prompt, body.STEERED_LOGITS_BY_TOKEN || []);
-    $("steer-result").hidden = false;
-    setStatus(status, "ok", `Done in ${((performance.now() - started) / 1000).toFixed(2)} s.`);
+    fillSteerColumn($(`${prefix}-default`), body.DEFAULT_GENERATION, request.prompt, body.DEFAULT_LOGITS_BY_TOKEN || []);
+    fillSteerColumn($(`${prefix}-steered`), body.STEERED_GENERATION, request.prompt, body.STEERED_LOGITS_BY_TOKEN || []);
+    $(`${prefix}-result`).hidden = false;
+    setStatus(status, "ok", `Done in ${((performance.now() - started) / 1000).toFixed(2)} s${note(request)}.`);
+  }
+
+  function steer(event) {
+    event.preventDefault();
+    return runSteer("steer", steerRequest, () => "");
   }
 
   // ------------------------------------------------------------------ steering the pinned set
@@ -2099,22 +2104,9 @@
     return request;
   }
 
-  async function pinSteer(event) {
+  function pinSteer(event) {
     event.preventDefault();
-    const status = $("pin-steer-status");
-    $("pin-steer-result").hidden = true;
-    const sent = await submit(status, "pin-steer-run", "Steering", "/steer", pinSteerRequest);
-    if (!sent) return;
-    const { request, result, started } = sent;
-    if (!result.ok) {
-      setStatus(status, "error", result.message);
-      return;
-    }
-    const body = result.body;
-    fillSteerColumn($("pin-steer-default"), body.DEFAULT_GENERATION, request.prompt, body.DEFAULT_LOGITS_BY_TOKEN || []);
-    fillSteerColumn($("pin-steer-steered"), body.STEERED_GENERATION, request.prompt, body.STEERED_LOGITS_BY_TOKEN || []);
-    $("pin-steer-result").hidden = false;
-    setStatus(status, "ok", `Done in ${((performance.now() - started) / 1000).toFixed(2)} s: ${request.features.length} features steered.`);
+    return runSteer("pin-steer", pinSteerRequest, (request) => `: ${request.features.length} features steered`);
   }
 
   // ------------------------------------------------------------------ the state in the link
