@@ -168,6 +168,15 @@ def france_feature(doc: dict[str, Any]) -> str:
     return "_".join(map(str, strongest_feature_into_target(doc)))
 
 
+def select_france_feature(paris: Any) -> tuple[Any, tuple[int, int, int]]:
+    """Click the France feature in the Paris graph: (the page, its layer, index and position)."""
+    page = paris.tab.page
+    node_id = france_feature(paris.doc)
+    page.click(f"#node-layer .node[data-id='{node_id}']")
+    layer, index, pos = (int(v) for v in node_id.split("_"))
+    return page, (layer, index, pos)
+
+
 # ----------------------------------------------------------------------------- serving
 def test_page_loads_with_no_console_errors_and_no_outside_requests(tab, live_server):
     page = tab.page
@@ -361,10 +370,7 @@ def test_clicking_the_france_feature_highlights_its_edges(paris):
 
 
 def test_steering_the_france_feature_on_rome_says_france(paris, tmp_path):
-    page = paris.tab.page
-    node_id = france_feature(paris.doc)
-    layer, index, pos = (int(v) for v in node_id.split("_"))
-    page.click(f"#node-layer .node[data-id='{node_id}']")
+    page, (layer, index, pos) = select_france_feature(paris)
     assert page.input_value("#steer-prompt") == PARIS  # prefilled from the graph
     page.fill("#steer-prompt", ROME)
     page.fill("#steer-delta", "20")
@@ -1035,10 +1041,7 @@ def steer_from_page(page: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def test_ablating_the_france_feature_lowers_france(paris):
-    page = paris.tab.page
-    node_id = france_feature(paris.doc)
-    layer, index, pos = (int(v) for v in node_id.split("_"))
-    page.click(f"#node-layer .node[data-id='{node_id}']")
+    page, (layer, index, pos) = select_france_feature(paris)
     page.fill("#steer-prompt", PARIS)
     page.check("input[name='steer-kind'][value='ablate']")
     page.check("input[name='steer-where'][value='position']")
@@ -1077,10 +1080,7 @@ def test_ablating_the_france_feature_lowers_france(paris):
 
 
 def test_steering_every_generated_token_repeats_france(paris):
-    page = paris.tab.page
-    node_id = france_feature(paris.doc)
-    layer, index, pos = (int(v) for v in node_id.split("_"))
-    page.click(f"#node-layer .node[data-id='{node_id}']")
+    page, (layer, index, pos) = select_france_feature(paris)
     page.fill("#steer-prompt", PARIS)
     page.check("input[name='steer-kind'][value='delta']")
     page.fill("#steer-delta", "20")
