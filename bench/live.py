@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.memory import status_kb
 from testkit.live import free_port, server_command, server_settings, start_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,18 +42,6 @@ class Server:
             return None
         pids = BOOT_LINE.findall(self.log_path.read_bytes())
         return int(pids[-1]) if pids else None
-
-
-def status_kb(pid: int, key: str) -> int:
-    """One kB field of /proc/PID/status (Linux): VmRSS is resident now, VmHWM its peak.
-
-    Raises:
-        KeyError: the process has no such field (a kernel thread, a zombie).
-    """
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
 
 
 def rss_mb(pid: int | None) -> float | None:

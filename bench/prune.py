@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import math
 import multiprocessing
 import os
@@ -48,6 +46,7 @@ from typing import Any
 
 import torch
 
+from bench.memory import PeakRss, in_child, settle, status_kb
 from testkit.synthetic import GraphSpec, make_graph
 
 NODE_THRESHOLD = 0.8
@@ -77,22 +76,6 @@ def prune_with(implementation: str, graph: Any) -> tuple[torch.Tensor, ...]:
     else:
         from circuit_tracer.graph import prune_graph
     return tuple(prune_graph(graph, NODE_THRESHOLD, EDGE_THRESHOLD))
-
-
-def proc_status_bytes(key: str, pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def settle() -> None:
-    """Return freed heap to the system, so that reusing it cannot hide a peak."""
-    gc.collect()
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 def resident_graph(spec: GraphSpec) -> Any:
@@ -165,27 +148,17 @@ def time_graph(name: str, spec: GraphSpec, reps: int) -> Timing:
 
 
 # ---------------------------------------------------------------- 2. memory, child process
-def _peak_child(spec: GraphSpec, implementation: str, connection: Any) -> None:
+def _peak_child(spec: GraphSpec, implementation: str) -> tuple[int, int]:
     graph = resident_graph(spec)
     prune_with(implementation, make_graph(replace(spec, n_pos=2, n_features=4)))  # imports
-    settle()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = proc_status_bytes("VmRSS")
-    prune_with(implementation, graph)
-    connection.send((proc_status_bytes("VmHWM") - before, before))
+    with PeakRss() as rss:
+        prune_with(implementation, graph)
+    return rss.extra, rss.start
 
 
 def peak_extra(spec: GraphSpec, implementation: str) -> tuple[int, int]:
     """(peak resident bytes above the level before the call, that level), in a fresh child."""
-    context = child_context()
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_peak_child, args=(spec, implementation, send))
-    child.start()
-    send.close()
-    result = receive.recv()
-    child.join()
-    return result
+    return in_child(child_context(), _peak_child, spec, implementation)
 
 
 # ---------------------------------------------------------------- 3. largest graph within a limit
@@ -202,7 +175,7 @@ class Trial:
 def _limit_child(spec: GraphSpec, implementation: str, connection: Any) -> None:
     graph = resident_graph(spec)
     prune_with(implementation, graph)
-    connection.send(proc_status_bytes("VmHWM"))
+    connection.send(status_kb("self", "VmHWM") * 1024)
 
 
 def run_limited(implementation: str, n_pos: int, limit: int) -> Trial:
@@ -219,7 +192,7 @@ def run_limited(implementation: str, n_pos: int, limit: int) -> Trial:
     def watch() -> None:
         while child.is_alive():
             try:
-                rss = proc_status_bytes("VmRSS", child.pid)
+                rss = status_kb(child.pid, "VmRSS") * 1024
             except (OSError, KeyError):
                 return
             watched["peak"] = max(watched["peak"], rss)

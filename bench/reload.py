@@ -27,7 +27,8 @@ from pathlib import Path
 
 import requests
 
-from bench.live import demo_graph, percentile, started_server, status_kb
+from bench.live import demo_graph, percentile, started_server
+from bench.memory import status_kb
 
 DONE = b"SIGHUP: done"
 

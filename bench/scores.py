@@ -32,14 +32,13 @@ from typing import Any
 
 import torch
 
+from bench.memory import PeakRss, in_child, settle
 from bench.prune import (
     GRAPHS,
     QUICK_GRAPHS,
     child_context,
     node_count,
-    proc_status_bytes,
     resident_graph,
-    settle,
 )
 from testkit.synthetic import GraphSpec, make_graph
 
@@ -70,29 +69,19 @@ def intermediates(graph: Any) -> Any:
     return prune._prune(graph, NODE_THRESHOLD, EDGE_THRESHOLD)
 
 
-def _peak_child(spec: GraphSpec, name: str, connection: Any) -> None:
+def _peak_child(spec: GraphSpec, name: str) -> int:
     graph = resident_graph(spec)
     warm = make_graph(replace(spec, n_pos=2, n_features=4))
     call(name, warm, intermediates(warm))  # imports, first calls
     pruned = intermediates(graph) if name == "our scores" else None
-    settle()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = proc_status_bytes("VmRSS")
-    call(name, graph, pruned)
-    connection.send(proc_status_bytes("VmHWM") - before)
+    with PeakRss() as rss:
+        call(name, graph, pruned)
+    return rss.extra
 
 
 def peak_extra(spec: GraphSpec, name: str) -> int:
     """Peak resident bytes above the level before the call, in a fresh child process."""
-    context = child_context()
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_peak_child, args=(spec, name, send))
-    child.start()
-    send.close()
-    peak = receive.recv()
-    child.join()
-    return peak
+    return in_child(child_context(), _peak_child, spec, name)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,6 @@ for the largest graph.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import gzip
 import json
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from circuit_tracer.graph import Graph, prune_graph
 
+from bench.memory import PeakRss
 from neuronpedia_graph.compression import DEFLATE_BACKEND, gzip_compress
 from neuronpedia_graph.graph_json import build_graph_json
 from testkit.reference import reference_document
@@ -50,33 +50,6 @@ class Timed:
 
     def stage_medians(self) -> str:
         return " ".join(f"{k}={statistics.median(v):.2f}s" for k, v in self.stages.items())
-
-
-class PeakRss:
-    """Peak RSS above the starting level, from the kernel's VmHWM after resetting it; freed
-    heap is trimmed first so that reusing it cannot hide a peak."""
-
-    _trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-
-    def __enter__(self) -> PeakRss:
-        gc.collect()
-        if self._trim is not None:
-            self._trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        self.start = _proc_status_kib("VmRSS") * 1024
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.extra = _proc_status_kib("VmHWM") * 1024 - self.start
-
-
-def _proc_status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 def run_reference(graph: Graph, masks: tuple[torch.Tensor, ...], slug: str, timed: Timed) -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 import psutil
 import requests
 
-from bench.live import demo_graph, started_server, status_kb
+from bench.live import demo_graph, started_server
+from bench.memory import status_kb
 from tests.fault_targets import big_reply_target, flaky_target
 
 BODY = demo_graph("rss")
