@@ -5,6 +5,24 @@ Keeping them transport-free lets the Flask routes, the job runner and the Runpod
 the same failure without a second copy of the rules: `error_reply` turns any exception into a
 status and a body, and each transport only adds its own parts (HTTP the request id and
 `Retry-After`, a Runpod output the status it cannot send as a header).
+
+The tree (the concern-specific errors live beside the code that raises them)::
+
+    ServiceError (500)
+    ├── InvalidRequest (400)
+    ├── InvalidField (422)
+    ├── GraphTooLarge (413)
+    ├── UploadFailed (502)
+    ├── ServerBusy (503, Retry-After)
+    │   ├── QueueFull          jobs.runner
+    │   ├── StreamsBusy        jobs.events
+    │   └── UploadsBusy        upload.queue
+    ├── StoredGraphNotFound (404), StoredGraphUnreadable (410)    attribution_store
+    ├── JobNotFound (404), JobConflict (409)                      jobs.runner
+    └── DeadlineExpired (408), OutputTooLarge (413),              runpod_worker.jobs
+        ModelUnavailable (503)                                    runpod_worker.loader
+
+Anything else that escapes an operation is a bug: a 500 that names only the exception's type.
 """
 
 from __future__ import annotations

@@ -63,3 +63,33 @@ def test_http_and_runpod_carry_the_same_body(exc):
 
 def test_the_body_is_the_message_then_the_extra_fields():
     assert list(error_body("m", b=1, a=2)) == ["error", "b", "a"]
+
+
+def test_the_error_tree_in_the_errors_docstring_names_every_service_error():
+    """The drawing in `neuronpedia_graph.errors` is the map of every error: it must stay true."""
+    import importlib
+
+    from neuronpedia_graph import errors
+
+    for module in (
+        "jobs.runner",
+        "jobs.events",
+        "upload.queue",
+        "attribution_store",
+        "runpod_worker.jobs",
+        "runpod_worker.loader",
+    ):
+        importlib.import_module(f"neuronpedia_graph.{module}")
+
+    def subclasses(cls: type) -> list[type]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in subclasses(sub))]
+
+    found = [
+        c for c in subclasses(errors.ServiceError) if c.__module__.startswith("neuronpedia_graph.")
+    ]
+    assert len(found) >= 16
+    drawn = errors.__doc__ or ""
+    for cls in found:
+        assert f"{cls.__name__} ({cls.status}" in drawn or (
+            cls.__name__ in drawn and issubclass(cls, errors.ServerBusy)
+        ), cls.__name__
